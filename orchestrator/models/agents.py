@@ -1,0 +1,30 @@
+"""Registry of agents that poll for work."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from orchestrator.models.base import Base, utcnow
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # "agent_larry_001"
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str | None] = mapped_column(String(200))  # "Full-stack contractor"
+    owner_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True)
+
+    poll_endpoint: Mapped[str | None] = mapped_column(String(500))
+    webhook_url: Mapped[str | None] = mapped_column(String(500))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    last_heartbeat: Mapped[datetime | None]
+
+    # [{"action": "send_email", "params": ["to", "subject", "body"]}, ...]
+    capabilities: Mapped[list[Any]] = mapped_column(default=list)
+
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,53 @@
+"""The immutable event log of executions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from orchestrator.models.base import Base, utcnow
+
+if TYPE_CHECKING:
+    from orchestrator.models.agents import Agent
+    from orchestrator.models.executions import Execution
+
+
+class ExecutionEvent(Base):
+    """One event, from an agent (`source="agent"`), a person or the system itself.
+
+    Ids are time-ordered ("evt_" + milliseconds + randomness), so that id order is acceptance order;
+    the id is the primary key that makes applying an event idempotent.
+    """
+
+    __tablename__ = "execution_events"
+    __table_args__ = (Index("ix_execution_events_execution_time", "execution_id", "timestamp", "id"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))
+    source: Mapped[str] = mapped_column(String(16), default="agent")  # agent | user | system
+
+    event_type: Mapped[str] = mapped_column(String(40))
+    task_id: Mapped[str | None] = mapped_column(String(128))
+    subtask_id: Mapped[str | None] = mapped_column(String(128))
+
+    status: Mapped[str | None] = mapped_column(String(40))  # running|success|error|blocked|paused
+    message: Mapped[str | None] = mapped_column(Text)
+    output_data: Mapped[dict[str, Any] | None]
+
+    error_type: Mapped[str | None] = mapped_column(String(120))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    human_review_required: Mapped[bool] = mapped_column(default=False)
+    suggestions: Mapped[list[Any] | None]
+
+    # What applying the event did: the execution's state after it, or why it was refused.
+    outcome: Mapped[dict[str, Any] | None]
+
+    timestamp: Mapped[datetime] = mapped_column(default=utcnow)
+    agent_timestamp: Mapped[datetime | None]
+
+    execution: Mapped[Execution] = relationship()
+    agent: Mapped[Agent | None] = relationship()

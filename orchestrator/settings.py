@@ -1,0 +1,100 @@
+"""One settings object, read once from the environment; every key has an embedded default.
+
+| variable | default | meaning |
+|---|---|---|
+| ORCHESTRATOR_DATA_DIR | ./var | folder for the SQLite file, the embedded Redis and the secret key |
+| DATABASE_URL | sqlite:///<data dir>/orchestrator.db | SQLAlchemy URL; PostgreSQL in production |
+| REDIS_URL | (unset: embedded Redis on a unix socket in the data dir) | broker, event streams, pub/sub |
+| REDIS_KEY_PREFIX | orch: | prefix of every key this program writes, so that runs can share a Redis |
+| SECRET_KEY | (generated once, kept in the data dir) | signs sessions and stream tokens |
+| ORCHESTRATOR_ADMIN_TOKEN | (unset) | creates or updates an admin user whose API token it is |
+| ORCHESTRATOR_ADMIN_USER | admin | user name of that admin |
+| ORCHESTRATOR_ADMIN_PASSWORD | (unset) | that admin's dashboard password |
+| INGEST_SHARDS | 8 | event streams; events of one execution always go to the same one |
+| INGEST_BATCH_SIZE | 500 | events a worker applies in one transaction at most |
+| INGEST_REPLY_WAIT_MS | 500 | how long an event POST waits for its outcome before answering 202 |
+| HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
+| SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
+| LOG_LEVEL | INFO | |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{key} must be a whole number, got {raw!r}") from exc
+
+
+def _load_or_create_secret(data_dir: Path) -> str:
+    # Every process of one installation (web, worker, beat) must sign with the same key,
+    # so the generated key is kept beside the data rather than made per process.
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    redis_url: str | None
+    redis_key_prefix: str
+    secret_key: str
+    admin_token: str | None
+    admin_user: str
+    admin_password: str | None
+    ingest_shards: int
+    ingest_batch_size: int
+    ingest_reply_wait_ms: int
+    heartbeat_window_seconds: int
+    sweep_interval_seconds: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        data_dir = Path(env.get("ORCHESTRATOR_DATA_DIR") or "var").resolve()
+        database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'orchestrator.db'}"
+        secret = env.get("SECRET_KEY") or _load_or_create_secret(data_dir)
+        return cls(
+            data_dir=data_dir,
+            database_url=database_url,
+            redis_url=env.get("REDIS_URL") or None,
+            redis_key_prefix=env.get("REDIS_KEY_PREFIX", "orch:"),
+            secret_key=secret,
+            admin_token=env.get("ORCHESTRATOR_ADMIN_TOKEN") or None,
+            admin_user=env.get("ORCHESTRATOR_ADMIN_USER") or "admin",
+            admin_password=env.get("ORCHESTRATOR_ADMIN_PASSWORD") or None,
+            ingest_shards=max(1, _int(env, "INGEST_SHARDS", 8)),
+            ingest_batch_size=max(1, _int(env, "INGEST_BATCH_SIZE", 500)),
+            ingest_reply_wait_ms=max(0, _int(env, "INGEST_REPLY_WAIT_MS", 500)),
+            heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
+            sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
+            log_level=env.get("LOG_LEVEL", "INFO").upper(),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

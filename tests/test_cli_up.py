@@ -1,0 +1,51 @@
+"""`orchestrator up` on embedded defaults: what the README's first command does on a fresh machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_serves_healthz_then_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    env["ORCHESTRATOR_DATA_DIR"] = str(Path(f"/tmp/orch-up-{os.getpid()}"))
+    env["ORCHESTRATOR_ADMIN_TOKEN"] = "up-test-token"
+    log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the child writes to it until the end
+    proc = subprocess.Popen([sys.executable, "-m", "web.cli", "up", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                resp = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                status = resp.status_code
+                if status == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        assert status == 200, (tmp_path / "up.log").read_text()[-3000:]
+        assert resp.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        assert (Path(env["ORCHESTRATOR_DATA_DIR"]) / "orchestrator.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    # The embedded Redis it started is stopped with it.
+    assert not (Path(env["ORCHESTRATOR_DATA_DIR"]) / "redis.pid").exists()

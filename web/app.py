@@ -1,0 +1,47 @@
+"""The Flask app factory: one Settings object binds the database, Redis and Celery."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from flask import Flask
+
+from orchestrator.db import Database
+from orchestrator.embedded_redis import resolved_redis_url
+from orchestrator.settings import Settings
+from workers.celery_app import celery_config, create_celery
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """The Flask docs' pattern: Celery built from app.config["CELERY"], made default, kept in extensions."""
+    celery_app = create_celery(app.config["SETTINGS"], app.name, config=app.config["CELERY"])
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings = settings.replace(redis_url=resolved_redis_url(settings.redis_url, settings.data_dir))
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY=settings.secret_key,
+        SETTINGS=settings,
+        CELERY=celery_config(settings),
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+    )
+    app.extensions["db"] = Database(settings)
+    app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    celery_init_app(app)
+
+    from web.api.health import bp as health_bp
+    from web.errors import register_error_handlers
+
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    return app

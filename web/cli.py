@@ -1,0 +1,201 @@
+"""The `orchestrator` command: run the stack or one of its processes, manage the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+
+import migrations
+from orchestrator.bootstrap import ensure_admin
+from orchestrator.db import Database
+from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from orchestrator.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _prepare_database(settings: Settings) -> None:
+    migrations.upgrade(settings.database_url)
+    if settings.admin_token:
+        db = Database(settings)
+        try:
+            ensure_admin(db, settings.admin_user, settings.admin_token, settings.admin_password)
+        finally:
+            db.dispose()
+
+
+def _child_env(settings: Settings, redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REDIS_URL"] = redis_url
+    env["ORCHESTRATOR_DATA_DIR"] = str(settings.data_dir)
+    env["DATABASE_URL"] = settings.database_url
+    env["SECRET_KEY"] = settings.secret_key
+    return env
+
+
+def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+    # gthread: each open WebSocket holds one thread, so threads bound the sockets per process.
+    return [
+        sys.executable, "-m", "gunicorn", "web.wsgi:app",
+        "--bind", f"{host}:{port}",
+        "--worker-class", "gthread",
+        "--workers", str(workers),
+        "--threads", str(threads),
+        "--timeout", "120",
+        "--graceful-timeout", "10",
+        "--access-logfile", "-",
+    ]
+
+
+def _celery_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
+
+
+@click.group()
+def main() -> None:
+    """Agent Execution System control plane."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to REVISION; also creates the admin named by ORCHESTRATOR_ADMIN_TOKEN."""
+    settings = _settings()
+    migrations.upgrade(settings.database_url, revision)
+    if revision == "head":
+        _prepare_database(settings)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.option("--revision", default="-1", show_default=True, help="'base' empties the database")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION."""
+    migrations.downgrade(_settings().database_url, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("check")
+def db_check() -> None:
+    """Fail when the models and the migrations disagree."""
+    migrations.check(_settings().database_url)
+    click.echo("models and migrations agree")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--web-workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=32, show_default=True, type=int)
+@click.option("--concurrency", default=2, show_default=True, type=int, help="Celery worker processes")
+def up(host: str, port: int, web_workers: int, threads: int, concurrency: int) -> None:
+    """Run the whole stack: web, worker and scheduler (and Redis, when REDIS_URL is unset)."""
+    settings = _settings()
+    started_redis = False
+    redis_url = settings.redis_url
+    if not redis_url:
+        redis_url, started_redis = ensure_embedded_redis(settings.data_dir)
+        click.echo(f"embedded Redis at {redis_url}")
+    _prepare_database(settings)
+    env = _child_env(settings, redis_url)
+    commands = {
+        "web": _gunicorn_argv(host, port, web_workers, threads),
+        "worker": _celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency)),
+        "beat": _celery_argv("beat", "--loglevel", settings.log_level),
+    }
+    children = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
+    click.echo(f"serving on http://{host}:{port}  (data in {settings.data_dir}; Ctrl-C stops)")
+
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    code = 0
+    try:
+        while not stopping:
+            for name, proc in children.items():
+                if proc.poll() is not None:
+                    click.echo(f"{name} exited with {proc.returncode}; stopping the stack", err=True)
+                    code = proc.returncode or 1
+                    stopping = True
+                    break
+            time.sleep(0.5)
+    finally:
+        _terminate(children.values())
+        if started_redis:
+            stop_embedded_redis(settings.data_dir)
+    sys.exit(code)
+
+
+def _terminate(procs: object) -> None:
+    procs = list(procs)  # type: ignore[call-overload]
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _exec(argv: list[str], settings: Settings) -> None:
+    redis_url = settings.redis_url or ensure_embedded_redis(settings.data_dir)[0]
+    env = _child_env(settings, redis_url)
+    os.execvpe(argv[0], argv, env)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--threads", default=32, show_default=True, type=int)
+def web(host: str, port: int, workers: int, threads: int) -> None:
+    """Run the web tier alone (gunicorn). Apply migrations first with `orchestrator db upgrade`."""
+    _exec(_gunicorn_argv(host, port, workers, threads), _settings())
+
+
+@main.command()
+@click.option("--concurrency", default=2, show_default=True, type=int)
+@click.option("--queues", default="orchestrator", show_default=True)
+def worker(concurrency: int, queues: str) -> None:
+    """Run a Celery worker that applies events."""
+    settings = _settings()
+    _exec(_celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency),
+                       "--queues", queues), settings)
+
+
+@main.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (timeouts, silent agents, stale streams). Run exactly one."""
+    settings = _settings()
+    _exec(_celery_argv("beat", "--loglevel", settings.log_level), settings)
+
+
+@main.command()
+@click.option("--port", default=5555, show_default=True, type=int)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Run Flower, the Celery monitoring UI, for ops."""
+    _exec(_celery_argv("flower", f"--port={port}", f"--address={address}"), _settings())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,39 @@
+"""Per-process connections of a worker, opened on first use (never at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis
+from celery import Celery
+
+from orchestrator.db import Database
+from orchestrator.settings import Settings
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings)
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        assert self.settings.redis_url
+        return redis.Redis.from_url(self.settings.redis_url)
+
+
+def runtime_for(app: Celery) -> WorkerRuntime:
+    rt = getattr(app, "_orchestrator_runtime", None)
+    if rt is None:
+        rt = WorkerRuntime(app.orchestrator_settings)  # type: ignore[attr-defined]
+        app._orchestrator_runtime = rt  # type: ignore[attr-defined]
+    return rt
+
+
+def reset_runtime(app: Celery) -> None:
+    """Forget connections inherited from a parent process (called after the worker forks)."""
+    app.__dict__.pop("_orchestrator_runtime", None)
