@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from orchestrator.models import ApiCredential, User, utcnow
+from orchestrator.models import Agent, ApiCredential, User, utcnow
 
 
 def hash_token(token: str) -> str:
@@ -70,3 +71,36 @@ def check_password(user: User, password: str) -> bool:
         hmac.compare_digest("x", "y")
         return False
     return check_password_hash(user.password_hash, password)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts for: an operator ("user") or an agent."""
+
+    kind: str  # "user" | "agent"
+    id: str
+    is_admin: bool = False
+
+    @property
+    def is_user(self) -> bool:
+        return self.kind == "user"
+
+    @property
+    def is_agent(self) -> bool:
+        return self.kind == "agent"
+
+
+def authenticate(session: Session, token: str) -> Principal | None:
+    """The principal a bearer token stands for, or None (unknown, revoked, expired, deactivated)."""
+    cred = find_credential(session, token)
+    if cred is None:
+        return None
+    if cred.user_id is not None:
+        user = session.get(User, cred.user_id)
+        if user is None or not user.is_active:
+            return None
+        return Principal("user", user.id, user.is_admin)
+    agent = session.get(Agent, cred.agent_id)
+    if agent is None or not agent.is_active:
+        return None
+    return Principal("agent", agent.id)

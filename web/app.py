@@ -39,9 +39,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     celery_init_app(app)
 
-    from web.api.health import bp as health_bp
+    from web.api import register_api
     from web.errors import register_error_handlers
 
     register_error_handlers(app)
-    app.register_blueprint(health_bp)
+    register_api(app)
     return app

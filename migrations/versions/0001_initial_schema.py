@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 04:27:22.341924
+Create Date: 2026-11-25 04:35:34.945503
 """
 
 from collections.abc import Sequence
@@ -63,9 +63,7 @@ def upgrade() -> None:
         sa.Column("title", sa.String(length=300), nullable=True),
         sa.Column("goal", sa.Text(), nullable=False),
         sa.Column(
-            "context",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "context", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.Column("owner_id", sa.String(length=64), nullable=False),
         sa.Column("source", sa.String(length=32), nullable=False),
@@ -89,9 +87,7 @@ def upgrade() -> None:
         sa.Column("last_used_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("expires_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.CheckConstraint(
-            "(user_id IS NULL) <> (agent_id IS NULL)", name=op.f("ck_api_credentials_one_owner")
-        ),
+        sa.CheckConstraint("(user_id IS NULL) <> (agent_id IS NULL)", name=op.f("ck_api_credentials_one_owner")),
         sa.ForeignKeyConstraint(
             ["agent_id"], ["agents.id"], name=op.f("fk_api_credentials_agent_id_agents"), ondelete="CASCADE"
         ),
@@ -129,9 +125,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("executions", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_executions_agent_id"), ["agent_id"], unique=False)
-        batch_op.create_index(
-            "ix_executions_owner_status", ["owner_id", "status", "created_at"], unique=False
-        )
+        batch_op.create_index("ix_executions_owner_status", ["owner_id", "status", "created_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_executions_plan_id"), ["plan_id"], unique=False)
         batch_op.create_index("ix_executions_status", ["status"], unique=False)
 
@@ -175,28 +169,20 @@ def upgrade() -> None:
         sa.Column("status", sa.String(length=40), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column(
-            "output_data",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "output_data", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("error_type", sa.String(length=120), nullable=True),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column("human_review_required", sa.Boolean(), nullable=False),
         sa.Column(
-            "suggestions",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "suggestions", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column(
-            "outcome",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "outcome", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("timestamp", orchestrator.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("agent_timestamp", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["agent_id"], ["agents.id"], name=op.f("fk_execution_events_agent_id_agents")
-        ),
+        sa.ForeignKeyConstraint(["agent_id"], ["agents.id"], name=op.f("fk_execution_events_agent_id_agents")),
         sa.ForeignKeyConstraint(
             ["execution_id"],
             ["executions.id"],
@@ -206,9 +192,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_events")),
     )
     with op.batch_alter_table("execution_events", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_execution_events_execution_time", ["execution_id", "timestamp", "id"], unique=False
-        )
+        batch_op.create_index("ix_execution_events_execution_time", ["execution_id", "timestamp", "id"], unique=False)
 
     op.create_table(
         "execution_tasks",
@@ -222,15 +206,11 @@ def upgrade() -> None:
         sa.Column("subtasks_completed", sa.Integer(), nullable=False),
         sa.Column("progress_percent", sa.Integer(), nullable=False),
         sa.Column(
-            "result_data",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "result_data", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.Column(
-            "suggestions",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "suggestions", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column(
             "next_step_options",
@@ -251,9 +231,7 @@ def upgrade() -> None:
             name=op.f("fk_execution_tasks_plan_id_plan_task_id_plan_tasks"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_execution_tasks")),
-        sa.UniqueConstraint(
-            "execution_id", "plan_task_id", name=op.f("uq_execution_tasks_execution_id_plan_task_id")
-        ),
+        sa.UniqueConstraint("execution_id", "plan_task_id", name=op.f("uq_execution_tasks_execution_id_plan_task_id")),
     )
     op.create_table(
         "plan_subtasks",
@@ -264,9 +242,7 @@ def upgrade() -> None:
         sa.Column("title", sa.String(length=500), nullable=False),
         sa.Column("action", sa.String(length=120), nullable=True),
         sa.Column(
-            "params",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=False,
+            "params", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False
         ),
         sa.Column("timeout_hours", sa.Integer(), nullable=False),
         sa.Column(
@@ -316,19 +292,20 @@ def upgrade() -> None:
         ),
         sa.Column("waiting_on", sa.Integer(), nullable=False),
         sa.Column("not_before", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column(
+            "params_override",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("agent_id", sa.String(length=128), nullable=True),
         sa.Column("claimed_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
-            "result_data",
-            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
-            nullable=True,
+            "result_data", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True
         ),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("started_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("completed_at", orchestrator.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["agent_id"], ["agents.id"], name=op.f("fk_execution_subtasks_agent_id_agents")
-        ),
+        sa.ForeignKeyConstraint(["agent_id"], ["agents.id"], name=op.f("fk_execution_subtasks_agent_id_agents")),
         sa.ForeignKeyConstraint(
             ["execution_id"],
             ["executions.id"],

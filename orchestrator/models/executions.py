@@ -117,6 +117,8 @@ class ExecutionSubtask(Base):
     prerequisite_ids: Mapped[list[Any]] = mapped_column(default=list)
     waiting_on: Mapped[int] = mapped_column(default=0)
     not_before: Mapped[datetime | None]  # retry backoff: not handed out before this
+    # Params a person approved in place of the plan's (an "approve alternative" answer to a block).
+    params_override: Mapped[dict[str, Any] | None]
 
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))  # the agent holding it
     claimed_at: Mapped[datetime | None]

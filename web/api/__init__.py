@@ -1,1 +1,12 @@
-"""JSON API blueprints."""
+"""JSON API blueprints, registered in one place."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_api(app: Flask) -> None:
+    from web.api import agents, events, executions, health, plans, work
+
+    for module in (health, agents, plans, executions, work, events):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,105 @@
+"""Bearer-token authentication for the API.
+
+Tokens resolve to a Principal through the database once, then from a small per-process cache for
+`CACHE_SECONDS`, so the event hot path does not open a transaction to authenticate (a revoked key
+stops working within that time).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+
+from orchestrator.credentials import Principal, authenticate, hash_token
+from orchestrator.errors import Forbidden, Unauthorized
+
+CACHE_SECONDS = 30.0
+_MAX_ENTRIES = 10_000
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _TokenCache:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key: str) -> Principal | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] < time.monotonic():
+                return None
+            return hit[1]
+
+    def put(self, key: str, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) >= _MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + CACHE_SECONDS, principal)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _cache() -> _TokenCache:
+    return current_app.extensions.setdefault("token_cache", _TokenCache())
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def current_principal() -> Principal:
+    """The request's principal; raises Unauthorized when there is no valid token."""
+    if "principal" in g:
+        return g.principal
+    token = bearer_token()
+    if token is None:
+        raise Unauthorized("Send an API token: 'Authorization: Bearer <token>'.")
+    key = hash_token(token)
+    principal = _cache().get(key)
+    if principal is None:
+        with current_app.extensions["db"].reading() as session:
+            principal = authenticate(session, token)
+        if principal is None:
+            raise Unauthorized("The API token is not valid.")
+        _cache().put(key, principal)
+    g.principal = principal
+    return principal
+
+
+def require_user(view: F) -> F:
+    """Only operators (user tokens) may call this view."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_principal().is_user:
+            raise Forbidden("This endpoint takes an operator's token, not an agent's.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def require_agent(view: F) -> F:
+    """Only agents may call this view; an `agent_id` in the URL must be the caller's own."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        principal = current_principal()
+        if not principal.is_agent:
+            raise Forbidden("This endpoint takes an agent's API key.")
+        if "agent_id" in kwargs and kwargs["agent_id"] != principal.id:
+            raise Forbidden("An agent may only act as itself.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
