@@ -13,6 +13,9 @@
 | INGEST_SHARDS | 8 | event streams; events of one execution always go to the same one |
 | INGEST_BATCH_SIZE | 500 | events a worker applies in one transaction at most |
 | INGEST_REPLY_WAIT_MS | 500 | how long an event POST waits for its outcome before answering 202 |
+| INGEST_LEASE_SECONDS | 30 | a draining worker's lease on a shard; a dead worker's events move on after it |
+| NOTIFY_WEBHOOK_URL | (unset) | where blocks are POSTed for owners (signed); a log line is always written |
+| NOTIFY_WEBHOOK_SECRET | SECRET_KEY | HMAC-SHA256 key of the `X-Orchestrator-Signature` header |
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | LOG_LEVEL | INFO | |
@@ -65,6 +68,9 @@ class Settings:
     ingest_shards: int
     ingest_batch_size: int
     ingest_reply_wait_ms: int
+    ingest_lease_seconds: int
+    notify_webhook_url: str | None
+    notify_webhook_secret: str
     heartbeat_window_seconds: int
     sweep_interval_seconds: int
     log_level: str
@@ -87,6 +93,9 @@ class Settings:
             ingest_shards=max(1, _int(env, "INGEST_SHARDS", 8)),
             ingest_batch_size=max(1, _int(env, "INGEST_BATCH_SIZE", 500)),
             ingest_reply_wait_ms=max(0, _int(env, "INGEST_REPLY_WAIT_MS", 500)),
+            ingest_lease_seconds=max(1, _int(env, "INGEST_LEASE_SECONDS", 30)),
+            notify_webhook_url=env.get("NOTIFY_WEBHOOK_URL") or None,
+            notify_webhook_secret=env.get("NOTIFY_WEBHOOK_SECRET") or secret,
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),

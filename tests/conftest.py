@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +56,8 @@ def base_settings(session_dir: Path, redis_url: str) -> Settings:
         "REDIS_KEY_PREFIX": f"orchtest:{secrets.token_hex(4)}:",
         "SECRET_KEY": "test-secret-key-that-is-long-enough-for-hs256",
         "INGEST_REPLY_WAIT_MS": os.environ.get("INGEST_REPLY_WAIT_MS", "3000"),
+        "INGEST_LEASE_SECONDS": "3",
+        "SWEEP_INTERVAL_SECONDS": "2",
         "LOG_LEVEL": "INFO",
     }
     return Settings.from_env(env)
@@ -86,8 +93,10 @@ def db(database: Database) -> Iterator[Database]:
 def redis(base_settings: Settings) -> Iterator[redis_lib.Redis]:
     client = redis_lib.Redis.from_url(base_settings.redis_url)
     yield client
+    broker_keys = f"{base_settings.redis_key_prefix}celery:".encode()
     for key in client.scan_iter(f"{base_settings.redis_key_prefix}*"):
-        client.delete(key)
+        if not key.startswith(broker_keys):  # the running worker's queue bindings live there
+            client.delete(key)
     client.close()
 
 
@@ -104,3 +113,96 @@ def app(migrated: Settings, db: Database, redis: redis_lib.Redis):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process (worker, server) use `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "INGEST_"))}
+    env.update({
+        "ORCHESTRATOR_DATA_DIR": str(settings.data_dir),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "SECRET_KEY": settings.secret_key,
+        "INGEST_SHARDS": str(settings.ingest_shards),
+        "INGEST_BATCH_SIZE": str(settings.ingest_batch_size),
+        "INGEST_LEASE_SECONDS": str(settings.ingest_lease_seconds),
+        "SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+class WorkerProcess:
+    """A real Celery worker in a child process, as `orchestrator worker` runs it."""
+
+    def __init__(self, settings: Settings, log_path: Path, concurrency: int = 2) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.main", "worker", "--loglevel", "INFO",
+             "--concurrency", str(self.concurrency), "--queues", "orchestrator", "--without-gossip",
+             "--without-mingle", "--hostname", f"test-{secrets.token_hex(3)}@%h"],
+            env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log_path.read_bytes():
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError("worker did not start:\n" + self.log_path.read_text()[-3000:])
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and its pool children), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(migrated: Settings, session_dir: Path) -> Iterator[WorkerProcess]:
+    """One Celery worker for the integration tests of the session."""
+    proc = WorkerProcess(migrated, session_dir / "worker.log").start()
+    yield proc
+    proc.stop()
+
+
+class LiveServer:
+    def __init__(self, app) -> None:
+        from werkzeug.serving import make_server
+
+        self.app = app
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def live_server(migrated: Settings) -> Iterator[LiveServer]:
+    """The Flask app served over real HTTP on a free port (werkzeug, threaded)."""
+    from web.app import create_app
+
+    server = LiveServer(create_app(migrated))
+    yield server
+    server.stop()

@@ -10,6 +10,7 @@ from flask import Flask
 
 from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
+from orchestrator.ingest import Ingestor
 from orchestrator.settings import Settings
 from workers.celery_app import celery_config, create_celery
 
@@ -37,7 +38,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["db"] = Database(settings)
     app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    celery_init_app(app)
+    celery_app = celery_init_app(app)
+    app.extensions["ingestor"] = Ingestor(
+        redis=app.extensions["redis"], prefix=settings.redis_key_prefix, shards=settings.ingest_shards,
+        trigger=lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]),
+    )
 
     from web.api import register_api
     from web.errors import register_error_handlers

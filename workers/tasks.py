@@ -3,13 +3,64 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from celery import shared_task
+import requests
+from celery import Task, shared_task
+
+from orchestrator.notify import send_webhook
+from orchestrator.streams import ShardDrainer, backlog_shards
+from workers.runtime import runtime_for
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="workers.tasks.sweep", ignore_result=True)
-def sweep() -> None:
-    """Periodic safety net (Celery beat); the agent-loop issue fills in timeouts and stale streams."""
-    log.debug("sweep")
+def _drainer(task: Task) -> ShardDrainer:
+    rt = runtime_for(task.app)
+    s = rt.settings
+    notify = (lambda notice: notify_owner.delay(notice)) if s.notify_webhook_url else None
+    return ShardDrainer(rt.db, rt.redis, s.redis_key_prefix, batch_size=s.ingest_batch_size,
+                        lease_seconds=s.ingest_lease_seconds, notify=notify)
+
+
+@shared_task(name="workers.tasks.drain", bind=True, ignore_result=True)
+def drain(self: Task, shard: int) -> dict[str, Any]:
+    """Apply what waits in one shard's stream (triggered by the front end after it accepts events)."""
+    stats = _drainer(self).drain(int(shard))
+    if stats.batches:
+        log.info("shard %s: %d applied, %d duplicates, batches %s", shard, stats.applied, stats.duplicates,
+                 stats.batch_sizes)
+    return {"applied": stats.applied, "batches": stats.batches}
+
+
+@shared_task(name="workers.tasks.sweep", bind=True, ignore_result=True)
+def sweep(self: Task) -> None:
+    """Beat's safety net: drain shards a lost trigger left behind, release timed-out work."""
+    rt = runtime_for(self.app)
+    s = rt.settings
+    for shard in backlog_shards(rt.redis, s.redis_key_prefix, s.ingest_shards):
+        drain.delay(shard)
+    sweep_work.delay()
+
+
+@shared_task(name="workers.tasks.sweep_work", bind=True, ignore_result=True)
+def sweep_work(self: Task) -> None:
+    """Subtasks past their timeout, or held by silent agents, go back for retry or fail."""
+    from orchestrator.models import utcnow
+    from orchestrator.sweeper import apply_sweep
+
+    rt = runtime_for(self.app)
+    apply_sweep(rt.db, rt.redis, rt.settings, utcnow())
+
+
+@shared_task(name="workers.tasks.notify_owner", bind=True, ignore_result=True, max_retries=8,
+             autoretry_for=(requests.RequestException,), retry_backoff=True, retry_backoff_max=600)
+def notify_owner(self: Task, notice: dict[str, Any]) -> None:
+    s = runtime_for(self.app).settings
+    if not s.notify_webhook_url:
+        return
+    status = send_webhook(s.notify_webhook_url, s.notify_webhook_secret, notice)
+    if status >= 500:
+        raise requests.RequestException(f"webhook answered {status}")
+    if status >= 400:
+        log.error("owner webhook refused the notice for %s with %s", notice.get("execution_id"), status)

@@ -1,0 +1,285 @@
+"""The worker's half of the event path: apply a batch of agents' events in one transaction.
+
+`apply_batch` runs inside the caller's unit of work. It skips events already in the log (a batch
+delivered again after a crash: invariant 2), locks the touched executions, moves their subtasks,
+tasks and state through `progress` and the state machine, and adds every event row at once.
+It returns what must happen only after commit: replies, pub/sub messages, released holds,
+transition log lines and owner notifications (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from orchestrator.event_log import record_transition
+from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
+from orchestrator.progress import (
+    ExecutionGraph,
+    block_task,
+    complete_subtask,
+    fail_subtask,
+    load_graphs,
+    retries_left,
+    retry_subtask,
+)
+from orchestrator.publish import event_message, execution_update, iso
+from orchestrator.retry import RetryPolicy
+from orchestrator.state_machine import (
+    FINISHED_STATES,
+    EventFacts,
+    ExecutionStatus,
+    InvalidStateTransition,
+    SubtaskStatus,
+    settle,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """An accepted event as it travels through Redis."""
+
+    id: str
+    execution_id: str
+    agent_id: str
+    received_at: datetime
+    body: dict[str, Any]
+
+
+@dataclass
+class BatchResult:
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    released_holds: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+@dataclass
+class _PlanInfo:
+    subtasks: dict[tuple[str, str], PlanSubtask]
+    task_titles: dict[tuple[str, str], str]
+
+
+def _rejected(env: Envelope, code: str, message: str) -> dict[str, Any]:
+    return {
+        "event_id": env.id, "execution_id": env.execution_id, "agent_id": env.agent_id,
+        "recorded_at": iso(env.received_at), "applied": False, "error": {"code": code, "message": message},
+    }
+
+
+def _load_plan_info(session: Session, graphs: dict[str, ExecutionGraph]) -> _PlanInfo:
+    plan_ids = {g.execution.plan_id for g in graphs.values()}
+    if not plan_ids:
+        return _PlanInfo({}, {})
+    rows = session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id.in_(plan_ids)))
+    subtasks = {(s.plan_id, s.id): s for s in rows}
+    titles = {
+        (plan_id, task_id): title
+        for plan_id, task_id, title in session.execute(
+            select(PlanTask.plan_id, PlanTask.id, PlanTask.title).where(PlanTask.plan_id.in_(plan_ids))
+        )
+    }
+    return _PlanInfo(subtasks, titles)
+
+
+def _find_subtask(g: ExecutionGraph, agent_id: str, body: dict[str, Any]) -> ExecutionSubtask | None:
+    ref = body.get("subtask_id") or body.get("task_id")
+    if not ref:
+        return None
+    sub = g.subtasks.get(ref)
+    if sub is not None:
+        return sub
+    task = g.tasks.get(ref)
+    if task is None:
+        return None
+    held = [s for s in g.subtasks_of(task) if s.agent_id == agent_id and s.status == SubtaskStatus.RUNNING]
+    return held[0] if len(held) == 1 else None
+
+
+class _Applier:
+    def __init__(self, session: Session, now: datetime, graphs: dict[str, ExecutionGraph], info: _PlanInfo) -> None:
+        self.session = session
+        self.now = now
+        self.graphs = graphs
+        self.info = info
+        self.result = BatchResult()
+        self.rows: list[ExecutionEvent] = []
+        self.heartbeats: dict[str, datetime] = {}
+        self.touched: dict[str, ExecutionGraph] = {}
+
+    def apply(self, env: Envelope) -> None:
+        body = env.body
+        g = self.graphs.get(env.execution_id)
+        if g is None:
+            # Without an execution there is nothing to log the event against (the FK would refuse it).
+            self.result.outcomes[env.id] = _rejected(env, "not_found", f"Execution {env.execution_id} not found.")
+            return
+        self.heartbeats[env.agent_id] = max(self.heartbeats.get(env.agent_id, env.received_at), env.received_at)
+        sub = _find_subtask(g, env.agent_id, body)
+        row = ExecutionEvent(
+            id=env.id, execution_id=env.execution_id, agent_id=env.agent_id, source="agent",
+            event_type=body["event_type"], task_id=body.get("task_id"),
+            subtask_id=sub.plan_subtask_id if sub is not None else body.get("subtask_id"),
+            status=body.get("status"), message=body.get("message"), output_data=body.get("output_data"),
+            error_type=body.get("error_type"), error_message=body.get("error_message"),
+            human_review_required=bool(body.get("human_review_required")), suggestions=body.get("suggestions"),
+            timestamp=env.received_at, agent_timestamp=_parse_ts(body.get("agent_timestamp")),
+        )
+        outcome = self._apply_to_graph(env, g, sub)
+        row.outcome = outcome
+        self.rows.append(row)
+        self.result.outcomes[env.id] = outcome
+        self.result.messages.append(event_message(row, g.execution.owner_id))
+        self.touched[g.execution.id] = g
+        self.result.applied += 1
+
+    def _apply_to_graph(self, env: Envelope, g: ExecutionGraph, sub: ExecutionSubtask | None) -> dict[str, Any]:
+        body, ex = env.body, g.execution
+        kind = body["event_type"]
+        if kind == "heartbeat":
+            return self._ok(env, g)
+        if ex.status in FINISHED_STATES:
+            return _rejected(env, "execution_finished", f"Execution {ex.id} is {ex.status}; the report was logged.")
+        if sub is None:
+            return _rejected(env, "unknown_subtask", "The event names no subtask of this execution.")
+        if sub.status != SubtaskStatus.RUNNING or sub.agent_id != env.agent_id:
+            return _rejected(env, "not_holder", f"Agent {env.agent_id} does not hold subtask {sub.plan_subtask_id}.")
+
+        facts: EventFacts
+        extra: dict[str, Any] = {}
+        error_text = body.get("error_message") or body.get("message")
+        if kind == "task_started":
+            facts = EventFacts(kind)
+        elif kind in ("subtask_complete", "task_complete"):
+            complete_subtask(g, sub, body.get("output_data"), self.now)
+            self._release(ex.id, sub)
+            facts = EventFacts(kind, all_done=g.all_done())
+        elif kind == "task_blocked" or body.get("human_review_required") or body.get("blocking"):
+            options = block_task(g, sub, error_text, body.get("suggestions"), body.get("next_step_options"))
+            self._release(ex.id, sub)
+            facts = EventFacts(kind, human_review_required=bool(body.get("human_review_required")),
+                               blocking=True)
+            extra = {"human_review_required": True, "escalated_to": ex.owner_id, "next_step_options": options}
+            self.result.notifications.append({
+                "execution_id": ex.id, "owner_id": ex.owner_id, "task_id": g.task_of(sub).plan_task_id,
+                "subtask_id": sub.plan_subtask_id, "error_type": body.get("error_type"), "error_message": error_text,
+                "suggestions": body.get("suggestions") or [], "next_step_options": options,
+            })
+        else:  # task_error that needs no person
+            can_retry = retries_left(sub)
+            if can_retry:
+                policy = RetryPolicy.from_json(self._plan_subtask(ex.plan_id, sub).retry_policy)
+                retry_at = retry_subtask(sub, policy, error_text, self.now, g=g)
+                extra = {"retry_scheduled": True, "attempt": sub.attempt, "retry_at": iso(retry_at)}
+            else:
+                fail_subtask(g, sub, error_text, self.now)
+                extra = {"retry_scheduled": False, "attempts_exhausted": True}
+            self._release(ex.id, sub)
+            facts = EventFacts(kind, retries_left=can_retry)
+
+        try:
+            path = settle(ex.status, facts)
+        except InvalidStateTransition as exc:
+            # The subtask moved, but the execution cannot (a fatal error while PAUSED): say so.
+            extra["state_change_refused"] = str(exc)
+            path = []
+        self._move(g, path, kind, error_text)
+        return {**self._ok(env, g), **extra}
+
+    def _move(self, g: ExecutionGraph, path: list[str], kind: str, error_text: str | None) -> None:
+        ex = g.execution
+        for new in path:
+            old = ex.status
+            ex.status = new
+            if new == ExecutionStatus.RUNNING and ex.started_at is None:
+                ex.started_at = self.now
+            if new in FINISHED_STATES:
+                ex.completed_at = self.now
+            ex.status_message = {
+                ExecutionStatus.COMPLETED: "All tasks complete.",
+                ExecutionStatus.FAILED: f"A subtask failed with no attempts left: {error_text}",
+                ExecutionStatus.BLOCKED: f"Waiting for a person: {error_text}",
+            }.get(new, ex.status_message)
+            record_transition(self.session, ex.id, old, new, self.now, reason=kind)
+            self.result.transitions.append((ex.id, old, new))
+
+    def _ok(self, env: Envelope, g: ExecutionGraph) -> dict[str, Any]:
+        ex = g.execution
+        nxt = g.next_ready(self.now) if ex.status not in FINISHED_STATES else None
+        nxt_plan = self._plan_subtask(ex.plan_id, nxt) if nxt is not None else None
+        if ex.status == ExecutionStatus.COMPLETED:
+            message = "Execution complete."
+        elif nxt_plan is not None:
+            message = f"Recorded. Next: {nxt_plan.title}"
+        else:
+            message = ex.status_message or "Recorded."
+        return {
+            "event_id": env.id, "execution_id": ex.id, "agent_id": env.agent_id, "recorded_at": iso(env.received_at),
+            "applied": True,
+            "status": ex.status, "next_task_id": nxt.plan_subtask_id if nxt is not None else None,
+            "next_action": nxt_plan.action if nxt_plan is not None else None, "status_message": message,
+        }
+
+    def _plan_subtask(self, plan_id: str, sub: ExecutionSubtask) -> PlanSubtask:
+        return self.info.subtasks[(plan_id, sub.plan_subtask_id)]
+
+    def _release(self, execution_id: str, sub: ExecutionSubtask) -> None:
+        self.result.released_holds[execution_id].append(sub.plan_subtask_id)
+
+    def finish(self) -> BatchResult:
+        self.session.add_all(self.rows)
+        for agent_id, seen in self.heartbeats.items():
+            self.session.execute(
+                update(Agent).where(Agent.id == agent_id).values(last_heartbeat=seen),
+                execution_options={"synchronize_session": False},
+            )
+        for g in self.touched.values():
+            ex = g.execution
+            title = self.info.task_titles.get((ex.plan_id, ex.current_task_id or ""))
+            self.result.messages.append(execution_update(ex, title, self.now))
+        self.session.flush()
+        return self.result
+
+
+def _parse_ts(raw: Any) -> datetime | None:
+    if raw is None or isinstance(raw, datetime):
+        return raw
+    return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+
+
+def apply_batch(session: Session, envelopes: list[Envelope], now: datetime) -> BatchResult:
+    """Apply `envelopes` (in acceptance order) inside the caller's transaction."""
+    ids = list(dict.fromkeys(e.id for e in envelopes))
+    seen = {
+        eid: outcome
+        for eid, outcome in session.execute(
+            select(ExecutionEvent.id, ExecutionEvent.outcome).where(ExecutionEvent.id.in_(ids))
+        )
+    }
+    fresh: list[Envelope] = []
+    queued: set[str] = set()
+    for env in envelopes:
+        if env.id in seen or env.id in queued:
+            continue
+        queued.add(env.id)
+        fresh.append(env)
+    graphs = load_graphs(session, {e.execution_id for e in fresh}, lock=True)
+    applier = _Applier(session, now, graphs, _load_plan_info(session, graphs))
+    for env in fresh:
+        applier.apply(env)
+    result = applier.finish()
+    for eid, outcome in seen.items():
+        result.outcomes[eid] = outcome or {"event_id": eid, "applied": True}
+    result.duplicates = len(envelopes) - len(fresh)
+    return result

@@ -1,0 +1,1 @@
+"""Marshmallow schemas of the API: what a request may carry."""
