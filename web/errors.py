@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
@@ -52,6 +53,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> ResponseReturnValue:
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> ResponseReturnValue:
+        # Nothing was accepted: the client may retry the same request (with its idempotency key).
+        log.error("Redis unavailable: %s", exc)
+        return error_response(503, "unavailable", "The event queue is unavailable; retry shortly.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:

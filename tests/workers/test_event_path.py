@@ -169,3 +169,22 @@ def test_batch_of_events(db, redis, migrated, live_server, worker) -> None:
     too_many = requests.post(f"{live_server.url}/api/events/batch", json={"events": events * 20},
                              headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
     assert too_many.status_code == 400
+
+
+def test_redis_down_is_a_clean_503(db, app, client) -> None:
+    import redis as redis_lib
+
+    from orchestrator.credentials import issue_credential
+    from tests.factories import make_agent
+
+    with db.unit_of_work() as s:
+        agent = make_agent(s)
+        _, key = issue_credential(s, agent_id=agent.id)
+    dead = redis_lib.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    app.extensions["redis"] = dead
+    app.extensions["ingestor"].redis = dead
+    app.extensions["ingestor"].__post_init__()
+    resp = client.post("/api/executions/exec_x/events", json={"agent_id": agent.id, "event_type": "heartbeat"},
+                       headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 503
+    assert resp.get_json()["error"]["code"] == "unavailable" and "Traceback" not in resp.get_data(as_text=True)
