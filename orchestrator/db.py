@@ -91,12 +91,12 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A session for queries only; it never commits."""
+        """A session for queries only; it never commits. Objects read stay usable after the block
+        (closing detaches them with their loaded state; a rollback would expire it)."""
         session = self._read_sessions()
         try:
             yield session
         finally:
-            session.rollback()
             session.close()
 
     def dispose(self) -> None:
