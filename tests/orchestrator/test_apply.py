@@ -31,7 +31,8 @@ def sub_row(db: Database, scene: Scene, sub_id: str) -> ExecutionSubtask:
 def test_redelivered_batch_is_applied_once(db, redis, migrated) -> None:
     scene = queued_execution(db, n_subtasks=2)
     claim(db, redis, migrated, scene, "task_0_a")
-    batch = [env(scene, {"event_type": "heartbeat"}), env(scene, {"event_type": "task_complete", "task_id": "task_0_a"})]
+    batch = [env(scene, {"event_type": "heartbeat"}),
+             env(scene, {"event_type": "task_complete", "task_id": "task_0_a"})]
     first = apply(db, batch)
     second = apply(db, batch)  # a worker died after commit, before acknowledging
     assert (first.applied, first.duplicates) == (2, 0)
