@@ -1,0 +1,66 @@
+"""Owners hear of blocks: the drainer hands a notice to `notify`, and the webhook is signed."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from orchestrator.ingest import Ingestor
+from orchestrator.models import utcnow
+from orchestrator.notify import send_webhook, sign, verify
+from orchestrator.streams import ShardDrainer
+from tests.workers.helpers import claim, queued_execution
+
+
+def test_signature_round_trip() -> None:
+    sig = sign("s3cret", "1700000000", b'{"a":1}')
+    assert sig.startswith("sha256=")
+    assert not verify("s3cret", "1700000000", b'{"a":1}', sig)  # too old
+    import time
+
+    ts = str(int(time.time()))
+    assert verify("s3cret", ts, b"{}", sign("s3cret", ts, b"{}"))
+    assert not verify("other", ts, b"{}", sign("s3cret", ts, b"{}"))
+
+
+def test_webhook_is_posted_signed() -> None:
+    received: list[tuple[dict, bytes]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    status = send_webhook(f"http://127.0.0.1:{server.server_port}/hook", "s3cret",
+                          {"execution_id": "exec_1", "error_message": "bounced"})
+    server.server_close()
+    assert status == 204
+    headers, body = received[0]
+    assert json.loads(body) == {"type": "execution_blocked", "execution_id": "exec_1", "error_message": "bounced"}
+    assert verify("s3cret", headers["X-Orchestrator-Timestamp"], body, headers["X-Orchestrator-Signature"])
+
+
+def test_drainer_notifies_owner_of_a_block(db, redis, migrated) -> None:
+    scene = queued_execution(db, n_subtasks=1)
+    claim(db, redis, migrated, scene, "task_0_a")
+    triggered: list[int] = []
+    ingestor = Ingestor(redis, migrated.redis_key_prefix, migrated.ingest_shards, trigger=triggered.append)
+    accepted = ingestor.accept(scene.execution_id, scene.agent_id, {
+        "event_type": "task_error", "task_id": "task_0_a", "error_message": "Email bounced",
+        "human_review_required": True, "suggestions": ["Call Carol"]}, utcnow())
+    notices: list[dict] = []
+    drainer = ShardDrainer(db, redis, migrated.redis_key_prefix, batch_size=100, lease_seconds=5,
+                           notify=notices.append)
+    stats = drainer.drain(triggered[0])
+    assert stats.applied == 1
+    assert notices[0]["owner_id"] == scene.owner_id and notices[0]["suggestions"] == ["Call Carol"]
+    outcome = ingestor.wait_outcome(accepted.event_id, 100)
+    assert outcome["status"] == "BLOCKED" and outcome["escalated_to"] == scene.owner_id
