@@ -1,17 +1,29 @@
-"""Executions: creating one from a plan (and, below, the operators' operations on them)."""
+"""Executions: creating one from a plan, and what operators do to them (control, resolve)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from orchestrator.credentials import Principal
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from orchestrator.event_log import record_event
+from orchestrator.event_log import record_event, record_transition
 from orchestrator.ids import prefixed
-from orchestrator.models import Agent, Execution, ExecutionSubtask, ExecutionTask, Plan, PlanTask
+from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, Plan, PlanTask
+from orchestrator.progress import ExecutionGraph, load_graphs, retry_subtask, skip_task
+from orchestrator.publish import event_message, execution_update
 from orchestrator.retry import RetryPolicy
+from orchestrator.state_machine import (
+    ExecutionStatus,
+    InvalidStateTransition,
+    SubtaskStatus,
+    TaskStatus,
+    transition,
+)
 
 
 def create_execution(
@@ -77,3 +89,130 @@ def create_execution(
                  message=f"Execution of plan {plan.id} created", status="created",
                  output_data={"plan_id": plan.id, "agent_id": agent_id})
     return ex
+
+
+@dataclass
+class Change:
+    """What an operator's change did, and what to publish and log once it has committed."""
+
+    execution_id: str
+    status: str
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    events: list[ExecutionEvent] = field(default_factory=list)
+
+
+def owned_graph(session: Session, principal: Principal, execution_id: str) -> ExecutionGraph:
+    """The execution, locked, if `principal` may act on it (404 otherwise: no hint that it exists)."""
+    g = load_graphs(session, [execution_id], lock=True).get(execution_id)
+    if g is None or not (principal.is_admin or g.execution.owner_id == principal.id):
+        raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    return g
+
+
+def _move(session: Session, g: ExecutionGraph, change: Change, target: str, now: datetime, reason: str) -> None:
+    ex = g.execution
+    old = ex.status
+    ex.status = transition(old, target)
+    if target == ExecutionStatus.RUNNING and ex.started_at is None:
+        ex.started_at = now
+    if target in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        ex.completed_at = now
+    ex.status_message = {
+        ExecutionStatus.PAUSED: "Paused by an operator.", ExecutionStatus.CANCELLED: "Cancelled by an operator.",
+        ExecutionStatus.RUNNING: "Running.", ExecutionStatus.COMPLETED: "All tasks complete.",
+        ExecutionStatus.QUEUED: "Queued: waiting for an agent.", ExecutionStatus.BLOCKED: "Waiting for a person.",
+        ExecutionStatus.FAILED: "A subtask failed with no attempts left.",
+    }.get(target, ex.status_message)
+    change.events.append(record_transition(session, ex.id, old, target, now, source="user", reason=reason))
+    change.transitions.append((ex.id, old, target))
+
+
+def _settle_running(session: Session, g: ExecutionGraph, change: Change, now: datetime, reason: str) -> None:
+    """A RUNNING execution goes on to where its tasks say it is: COMPLETED, BLOCKED or FAILED."""
+    if g.execution.status != ExecutionStatus.RUNNING:
+        return
+    if g.all_done():
+        _move(session, g, change, ExecutionStatus.COMPLETED, now, reason)
+    elif any(t.status == TaskStatus.BLOCKED for t in g.tasks.values()):
+        _move(session, g, change, ExecutionStatus.BLOCKED, now, reason)
+    elif any(t.status == TaskStatus.ERROR for t in g.tasks.values()):
+        _move(session, g, change, ExecutionStatus.FAILED, now, reason)
+
+
+def _finish(g: ExecutionGraph, change: Change, now: datetime, title: str | None = None) -> Change:
+    ex = g.execution
+    change.status = ex.status
+    change.messages = [event_message(ev, ex.owner_id) for ev in change.events]
+    change.messages.append(execution_update(ex, title, now))
+    return change
+
+
+CONTROL_STATUSES = ("QUEUED", "PAUSED", "RUNNING", "CANCELLED")
+
+
+def control_execution(session: Session, principal: Principal, execution_id: str, target: str,
+                      now: datetime) -> Change:
+    """PATCH status: queue, pause, resume (RUNNING from PAUSED) or cancel, through the state machine."""
+    g = owned_graph(session, principal, execution_id)
+    ex = g.execution
+    change = Change(ex.id, ex.status)
+    if target == ExecutionStatus.RUNNING and ex.status != ExecutionStatus.PAUSED:
+        exc = InvalidStateTransition(ex.status, target)
+        exc.message = (f"{ex.status} → RUNNING: an execution becomes RUNNING when an agent claims its first "
+                       "subtask, and a BLOCKED one when its block is resolved; PATCH RUNNING resumes a PAUSED one.")
+        raise exc
+    _move(session, g, change, target, now, reason="operator")
+    if target == ExecutionStatus.PAUSED:
+        ex.pause_requested = True
+    elif target == ExecutionStatus.RUNNING:
+        ex.pause_requested = False
+        # Work may have finished, blocked or failed while paused.
+        _settle_running(session, g, change, now, reason="resumed")
+    elif target == ExecutionStatus.CANCELLED:
+        ex.cancel_requested = True
+    return _finish(g, change, now)
+
+
+def resolve_blocked_task(session: Session, principal: Principal, execution_id: str, task_ref: str, option: str,
+                         params: dict[str, Any] | None, now: datetime) -> Change:
+    """Answer a BLOCKED task with one of its next-step options and move the execution on."""
+    g = owned_graph(session, principal, execution_id)
+    ex = g.execution
+    task = g.tasks.get(task_ref) or (g.task_of(g.subtasks[task_ref]) if task_ref in g.subtasks else None)
+    if task is None:
+        raise NotFound(f"Task {task_ref} not found in execution {execution_id}.", task_id=task_ref)
+    if task.status != TaskStatus.BLOCKED:
+        raise Conflict(f"Task {task.plan_task_id} is {task.status}, not BLOCKED.", task_id=task.plan_task_id,
+                       status=task.status)
+    offered = list(task.next_step_options or [])
+    if option not in offered:
+        raise ValidationFailed(f"{option!r} is not one of the options offered.", offered=offered)
+    change = Change(ex.id, ex.status)
+    stopped = [s for s in g.subtasks_of(task) if s.status == SubtaskStatus.ERROR]
+    if option.startswith("approve_"):
+        if not params:
+            raise ValidationFailed("Approving an alternative needs the new params.", option=option)
+        for sub in stopped:
+            sub.params_override = {**(sub.params_override or {}), **params}
+    if option.startswith("approve_") or option == "retry_task":
+        for sub in stopped:
+            retry_subtask(sub, RetryPolicy(), None, now, g=g, delay=0)
+            # A person asked for another try: the policy's count must not refuse it.
+            sub.max_attempts = max(sub.max_attempts, sub.attempt)
+    elif option == "skip_task":
+        skip_task(g, task, now)
+    elif option == "cancel_execution":
+        task.next_step_options = None
+        _move(session, g, change, ExecutionStatus.CANCELLED, now, reason="cancel_execution")
+        ex.cancel_requested = True
+    else:
+        raise ValidationFailed(f"{option!r} has no meaning here.", offered=offered)
+    change.events.append(record_event(
+        session, ex.id, "task_resolved", now, source="user", task_id=task.plan_task_id, status="running",
+        message=f"Block on {task.plan_task_id} resolved: {option}", output_data={"option": option, "params": params},
+    ))
+    if ex.status == ExecutionStatus.BLOCKED and not any(t.status == TaskStatus.BLOCKED for t in g.tasks.values()):
+        _move(session, g, change, ExecutionStatus.RUNNING, now, reason="resolved")
+        _settle_running(session, g, change, now, reason="resolved")
+    return _finish(g, change, now)

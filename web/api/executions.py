@@ -1,5 +1,86 @@
-"""(being written)"""
+"""Operators create, control, inspect executions and resolve blocked tasks."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from orchestrator.execution_views import execution_detail, list_events, list_executions
+from orchestrator.executions import Change, control_execution, create_execution, resolve_blocked_task
+from orchestrator.models import utcnow
+from web.auth import current_principal, require_user
+from web.effects import after_commit
+from web.schemas.executions import (
+    ControlSchema,
+    CreateExecutionSchema,
+    EventsQuerySchema,
+    ListQuerySchema,
+    ResolveSchema,
+)
 
 bp = Blueprint("executions", __name__, url_prefix="/api")
+
+
+def _detail(execution_id: str) -> dict:
+    with current_app.extensions["db"].reading() as s:
+        return execution_detail(s, current_principal(), execution_id)
+
+
+def _publish(change: Change) -> None:
+    after_commit(messages=change.messages, transitions=change.transitions)
+
+
+@bp.post("/executions")
+@require_user
+def create() -> ResponseReturnValue:
+    data = CreateExecutionSchema().load(request.get_json() or {})
+    with current_app.extensions["db"].unit_of_work() as s:
+        ex = create_execution(s, current_principal().id, data["plan_id"], utcnow(), agent_id=data["agent_id"],
+                              execution_id=data["execution_id"])
+        execution_id = ex.id
+    return jsonify(_detail(execution_id)), 201, {"Location": f"/api/executions/{execution_id}"}
+
+
+@bp.get("/executions")
+@require_user
+def index() -> ResponseReturnValue:
+    q = ListQuerySchema().load(request.args)
+    with current_app.extensions["db"].reading() as s:
+        items, cursor = list_executions(s, current_principal(), q["status"], q["limit"], q["cursor"])
+    return jsonify({"executions": items, "next_cursor": cursor})
+
+
+@bp.get("/executions/<execution_id>")
+@require_user
+def show(execution_id: str) -> ResponseReturnValue:
+    return jsonify(_detail(execution_id))
+
+
+@bp.patch("/executions/<execution_id>")
+@require_user
+def control(execution_id: str) -> ResponseReturnValue:
+    target = ControlSchema().load(request.get_json() or {})["status"]
+    with current_app.extensions["db"].unit_of_work() as s:
+        change = control_execution(s, current_principal(), execution_id, target, utcnow())
+    _publish(change)
+    return jsonify(_detail(execution_id))
+
+
+@bp.get("/executions/<execution_id>/events")
+@require_user
+def events(execution_id: str) -> ResponseReturnValue:
+    q = EventsQuerySchema().load(request.args)
+    with current_app.extensions["db"].reading() as s:
+        items, before = list_events(s, current_principal(), execution_id, q["limit"], q["before"], q["event_type"])
+    return jsonify({"events": items, "next_before": before})
+
+
+@bp.post("/executions/<execution_id>/tasks/<task_id>/resolve")
+@require_user
+def resolve(execution_id: str, task_id: str) -> ResponseReturnValue:
+    data = ResolveSchema().load(request.get_json() or {})
+    with current_app.extensions["db"].unit_of_work() as s:
+        change = resolve_blocked_task(s, current_principal(), execution_id, task_id, data["option"], data["params"],
+                                      utcnow())
+    _publish(change)
+    return jsonify(_detail(execution_id))

@@ -1,5 +1,44 @@
-"""(being written)"""
+"""Operators create and read plans."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from orchestrator.models import utcnow
+from orchestrator.plans import create_plan, get_plan, list_plans, plan_to_dict
+from web.auth import current_principal, require_user
+from web.schemas.executions import ListQuerySchema
+from web.schemas.plans import PlanSchema
 
 bp = Blueprint("plans", __name__, url_prefix="/api")
+_schema = PlanSchema()
+_list = ListQuerySchema(only=("limit", "cursor"))
+
+
+@bp.post("/plans")
+@require_user
+def create() -> ResponseReturnValue:
+    data = _schema.load(request.get_json() or {})
+    with current_app.extensions["db"].unit_of_work() as s:
+        plan = create_plan(s, current_principal().id, data, utcnow())
+        body = plan_to_dict(plan)
+    return jsonify(body), 201, {"Location": f"/api/plans/{plan.id}"}
+
+
+@bp.get("/plans")
+@require_user
+def index() -> ResponseReturnValue:
+    q = _list.load(request.args)
+    with current_app.extensions["db"].reading() as s:
+        plans, cursor = list_plans(s, current_principal(), q["limit"], q["cursor"])
+        items = [{"id": p.id, "title": p.title, "goal": p.goal, "source": p.source,
+                  "created_at": plan_to_dict(p)["created_at"]} for p in plans]
+    return jsonify({"plans": items, "next_cursor": cursor})
+
+
+@bp.get("/plans/<plan_id>")
+@require_user
+def show(plan_id: str) -> ResponseReturnValue:
+    with current_app.extensions["db"].reading() as s:
+        return jsonify(plan_to_dict(get_plan(s, current_principal(), plan_id)))

@@ -1,5 +1,27 @@
-"""(being written)"""
+"""GET /api/agents/{id}/work: agents poll for their next subtask (each poll is a heartbeat)."""
 
-from flask import Blueprint
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from orchestrator.models import utcnow
+from orchestrator.scheduling import claim_work
+from web.auth import require_agent
+from web.effects import after_commit
 
 bp = Blueprint("work", __name__, url_prefix="/api")
+
+
+@bp.get("/agents/<agent_id>/work")
+@require_agent
+def poll(agent_id: str) -> ResponseReturnValue:
+    raw = request.args.get("supported_actions")
+    actions = {a.strip() for a in raw.split(",") if a.strip()} if raw else None
+    with current_app.extensions["db"].unit_of_work() as s:
+        result = claim_work(s, agent_id, actions, utcnow())
+    after_commit(messages=result.messages, transitions=result.transitions, holds=result.holds,
+                 released=result.released)
+    if result.payload is None:
+        return "", 204
+    return jsonify(result.payload), 200

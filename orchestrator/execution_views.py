@@ -1,0 +1,119 @@
+"""Executions as the API and the dashboard show them: detail with the task tree, lists, the event log."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from orchestrator.credentials import Principal
+from orchestrator.errors import NotFound
+from orchestrator.models import Execution, ExecutionEvent, PlanSubtask, PlanTask
+from orchestrator.plans import decode_cursor, encode_cursor
+from orchestrator.progress import load_graphs
+from orchestrator.publish import iso
+
+
+def _visible(ex: Execution | None, principal: Principal) -> bool:
+    return ex is not None and (principal.is_admin or ex.owner_id == principal.id)
+
+
+def summary(ex: Execution, current_task_title: str | None = None) -> dict[str, Any]:
+    total = ex.tasks_total or 0
+    return {
+        "execution_id": ex.id, "plan_id": ex.plan_id, "agent_id": ex.agent_id, "owner_id": ex.owner_id,
+        "status": ex.status, "status_message": ex.status_message,
+        "progress": {"tasks_completed": ex.tasks_completed, "tasks_total": total,
+                     "percent": round(100 * ex.tasks_completed / total) if total else 0,
+                     "current_task_id": ex.current_task_id, "current_task_title": current_task_title},
+        "pause_requested": ex.pause_requested, "cancel_requested": ex.cancel_requested,
+        "created_at": iso(ex.created_at), "started_at": iso(ex.started_at), "completed_at": iso(ex.completed_at),
+        "updated_at": iso(ex.updated_at),
+    }
+
+
+def execution_detail(session: Session, principal: Principal, execution_id: str) -> dict[str, Any]:
+    g = load_graphs(session, [execution_id], lock=False).get(execution_id)
+    if g is None or not _visible(g.execution, principal):
+        raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    ex = g.execution
+    ptasks = {t.id: t for t in session.scalars(select(PlanTask).where(PlanTask.plan_id == ex.plan_id))}
+    psubs = {s.id: s for s in session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id))}
+    current = ptasks.get(ex.current_task_id or "")
+    tasks = []
+    for task in g.tasks.values():
+        pt = ptasks[task.plan_task_id]
+        tasks.append({
+            "task_id": pt.id, "title": pt.title, "phase_id": pt.phase_id, "phase_title": pt.phase_title,
+            "status": task.status, "progress_percent": task.progress_percent,
+            "subtasks_completed": task.subtasks_completed, "subtasks_total": task.subtasks_total,
+            "error_message": task.error_message, "suggestions": task.suggestions,
+            "next_step_options": task.next_step_options,
+            "started_at": iso(task.started_at), "completed_at": iso(task.completed_at),
+            "subtasks": [
+                {"subtask_id": s.plan_subtask_id, "title": psubs[s.plan_subtask_id].title,
+                 "action": psubs[s.plan_subtask_id].action, "status": s.status, "attempt": s.attempt,
+                 "max_attempts": s.max_attempts, "agent_id": s.agent_id, "error": s.error,
+                 "result_data": s.result_data, "waiting_on": s.waiting_on, "not_before": iso(s.not_before),
+                 "started_at": iso(s.started_at), "completed_at": iso(s.completed_at)}
+                for s in g.subtasks_of(task)
+            ],
+        })
+    return {**summary(ex, current.title if current else None), "tasks": tasks}
+
+
+def list_executions(session: Session, principal: Principal, status: str | None, limit: int,
+                    cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    q = select(Execution).order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1)
+    if not principal.is_admin:
+        q = q.where(Execution.owner_id == principal.id)
+    if status:
+        q = q.where(Execution.status == status)
+    if cursor:
+        ts, eid = decode_cursor(cursor, 2)
+        at = datetime.fromisoformat(ts)
+        q = q.where((Execution.created_at < at) | ((Execution.created_at == at) & (Execution.id < eid)))
+    rows = list(session.scalars(q))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    titles = {}
+    if rows:
+        titles = {(p, t): title for p, t, title in session.execute(
+            select(PlanTask.plan_id, PlanTask.id, PlanTask.title).where(
+                PlanTask.plan_id.in_({r.plan_id for r in rows})))}
+    items = [summary(r, titles.get((r.plan_id, r.current_task_id))) for r in rows]
+    return items, encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more else None
+
+
+def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:
+    return {
+        "event_id": ev.id, "execution_id": ev.execution_id, "agent_id": ev.agent_id, "source": ev.source,
+        "event_type": ev.event_type, "task_id": ev.task_id, "subtask_id": ev.subtask_id, "status": ev.status,
+        "message": ev.message, "output_data": ev.output_data, "error_type": ev.error_type,
+        "error_message": ev.error_message, "human_review_required": ev.human_review_required,
+        "suggestions": ev.suggestions, "outcome": ev.outcome, "timestamp": iso(ev.timestamp),
+        "agent_timestamp": iso(ev.agent_timestamp),
+    }
+
+
+def list_events(session: Session, principal: Principal, execution_id: str, limit: int, before: str | None,
+                event_type: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; `before` is the last event id of the previous page."""
+    if not _visible(session.get(Execution, execution_id), principal):
+        raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    q = (select(ExecutionEvent).where(ExecutionEvent.execution_id == execution_id)
+         .order_by(ExecutionEvent.timestamp.desc(), ExecutionEvent.id.desc()).limit(limit + 1))
+    if event_type:
+        q = q.where(ExecutionEvent.event_type == event_type)
+    if before:
+        pivot = session.get(ExecutionEvent, before)
+        if pivot is None or pivot.execution_id != execution_id:
+            raise NotFound(f"Event {before} not found.", event_id=before)
+        q = q.where((ExecutionEvent.timestamp < pivot.timestamp)
+                    | ((ExecutionEvent.timestamp == pivot.timestamp) & (ExecutionEvent.id < pivot.id)))
+    rows = list(session.scalars(q))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [event_to_dict(r) for r in rows], rows[-1].id if more else None

@@ -1,0 +1,163 @@
+"""Handing out work: the next ready subtask an agent can do, claimed atomically.
+
+Ready means: QUEUED, every prerequisite done (`waiting_on == 0`), past any retry backoff, in an
+execution that is QUEUED or RUNNING and not being paused or cancelled, assigned to this agent or to
+none, with an action the agent supports. On PostgreSQL the candidate row is taken with
+`FOR UPDATE SKIP LOCKED`, so concurrent pollers pass over each other's claims instead of waiting or
+colliding; on SQLite the unit of work's BEGIN IMMEDIATE serialises claimers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from orchestrator.agents import capability_actions
+from orchestrator.errors import Forbidden, NotFound
+from orchestrator.event_log import record_transition
+from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
+from orchestrator.progress import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
+from orchestrator.publish import execution_update
+from orchestrator.state_machine import ExecutionStatus, SubtaskStatus, transition
+
+CONTEXT_ITEMS = 5
+
+
+@dataclass
+class ClaimResult:
+    payload: dict[str, Any] | None  # the guide's 200 body, or None for 204
+    holds: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, subtask, agent) to record
+    released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime) -> ExecutionSubtask | None:
+    q = (
+        select(ExecutionSubtask)
+        .join(Execution, Execution.id == ExecutionSubtask.execution_id)
+        .where(
+            ExecutionSubtask.status == SubtaskStatus.QUEUED,
+            ExecutionSubtask.waiting_on == 0,
+            or_(ExecutionSubtask.not_before.is_(None), ExecutionSubtask.not_before <= now),
+            Execution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]),
+            Execution.pause_requested.is_(False),
+            Execution.cancel_requested.is_(False),
+            or_(Execution.agent_id.is_(None), Execution.agent_id == agent_id),
+        )
+        .order_by(ExecutionSubtask.priority, Execution.created_at, Execution.id, ExecutionSubtask.position)
+        .limit(1)
+    )
+    if actions is not None:
+        q = q.join(PlanSubtask, and_(PlanSubtask.plan_id == ExecutionSubtask.plan_id,
+                                     PlanSubtask.id == ExecutionSubtask.plan_subtask_id)).where(
+            PlanSubtask.action.in_(sorted(actions)))
+    if session.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True, of=ExecutionSubtask)
+    return session.scalar(q)
+
+
+def _summary(title: str, result: dict[str, Any] | None) -> str:
+    note = (result or {}).get("message") or (result or {}).get("summary")
+    return f"{title}: {note}" if note else title
+
+
+def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: dict[str, Any]) -> dict[str, Any]:
+    ex = g.execution
+    plan = session.get(Plan, ex.plan_id)
+    psubs = {s.id: s for s in session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id))}
+    ps = psubs[sub.plan_subtask_id]
+    done = sorted((s for s in g.subtasks.values() if s.status == SubtaskStatus.COMPLETE),
+                  key=lambda s: (s.completed_at or s.started_at or ex.created_at, s.position))
+    upcoming = [s for s in g.subtasks.values() if s.status not in DONE_SUBTASK and s is not sub
+                and s.status != SubtaskStatus.RUNNING]
+    return {
+        "work_available": True,
+        "execution_id": ex.id,
+        "plan_id": ex.plan_id,
+        "next_task": {
+            "task_id": sub.plan_subtask_id,
+            "parent_task_id": g.task_of(sub).plan_task_id,
+            "title": ps.title,
+            "action": ps.action,
+            "params": {**(ps.params or {}), **(sub.params_override or {})},
+            "timeout_hours": ps.timeout_hours,
+            "retry_policy": ps.retry_policy or {},
+            "attempt": sub.attempt,
+            "max_attempts": sub.max_attempts,
+            "context": {
+                "plan_goal": plan.goal if plan else None,
+                "previous_tasks": [_summary(psubs[s.plan_subtask_id].title, s.result_data)
+                                   for s in done[-CONTEXT_ITEMS:]],
+                "upcoming_tasks": [psubs[s.plan_subtask_id].title for s in upcoming[:CONTEXT_ITEMS]],
+            },
+        },
+        **force,
+    }
+
+
+def _force_flags(session: Session, agent_id: str, result: ClaimResult, now: datetime) -> dict[str, Any]:
+    """force_pause / force_cancel for work the agent holds; cancelled work is released here."""
+    held = session.execute(
+        select(ExecutionSubtask.execution_id, ExecutionSubtask.plan_subtask_id, Execution.status,
+               Execution.pause_requested, Execution.cancel_requested)
+        .join(Execution, Execution.id == ExecutionSubtask.execution_id)
+        .where(ExecutionSubtask.agent_id == agent_id, ExecutionSubtask.status == SubtaskStatus.RUNNING)
+    ).all()
+    paused = [h for h in held if h.status == ExecutionStatus.PAUSED or h.pause_requested]
+    cancelled = [h for h in held if h.status == ExecutionStatus.CANCELLED or h.cancel_requested]
+    if cancelled:
+        graphs = load_graphs(session, {h.execution_id for h in cancelled}, lock=True)
+        for h in cancelled:
+            g = graphs[h.execution_id]
+            sub = g.subtasks[h.plan_subtask_id]
+            sub.agent_id = None
+            skip_subtask(g, sub, now)
+            result.released.setdefault(h.execution_id, []).append(h.plan_subtask_id)
+    return {
+        "force_pause": bool(paused),
+        "force_cancel": bool(cancelled),
+        "held": [{"execution_id": h.execution_id, "task_id": h.plan_subtask_id,
+                  "signal": "cancel" if h in cancelled else "pause"} for h in [*cancelled, *paused]],
+    }
+
+
+def claim_work(session: Session, agent_id: str, supported_actions: set[str] | None, now: datetime) -> ClaimResult:
+    """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a heartbeat."""
+    agent = session.get(Agent, agent_id)
+    if agent is None:
+        raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
+    if not agent.is_active:
+        raise Forbidden(f"Agent {agent_id} is deactivated.", agent_id=agent_id)
+    agent.last_heartbeat = now
+    result = ClaimResult(payload=None)
+    force = _force_flags(session, agent_id, result, now)
+    actions = supported_actions if supported_actions is not None else (capability_actions(agent) or None)
+    sub = None if force["force_pause"] or force["force_cancel"] else _candidate(session, agent_id, actions, now)
+    if sub is None:
+        if force["force_pause"] or force["force_cancel"]:
+            result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
+                              **force}
+        return result
+    g = load_graphs(session, [sub.execution_id], lock=True)[sub.execution_id]
+    sub = g.subtasks[sub.plan_subtask_id]
+    if sub.status != SubtaskStatus.QUEUED:  # taken between the SELECT and the lock (SQLite never gets here)
+        return result
+    ex = g.execution
+    start_subtask(g, sub, agent_id, now)
+    if ex.status == ExecutionStatus.QUEUED:
+        ex.status = transition(ex.status, ExecutionStatus.RUNNING)
+        ex.started_at = ex.started_at or now
+        ex.status_message = "Running."
+        record_transition(session, ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, now, reason="first claim")
+        result.transitions.append((ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING))
+    result.holds.append((ex.id, sub.plan_subtask_id, agent_id))
+    result.payload = _payload(session, g, sub, force)
+    title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
+                                                        PlanTask.id == ex.current_task_id))
+    result.messages.append(execution_update(ex, title, now))
+    return result

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from web.schemas.plans import ID
+
+
+class Capability(fields.Field):
+    """An action name, or {"action": name, "params": [names]}."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, dict) and isinstance(value.get("action"), str) and value["action"] and all(
+                isinstance(p, str) for p in value.get("params") or []) and set(value) <= {"action", "params"}:
+            return value
+        raise ValidationError('A capability is an action name or {"action": ..., "params": [...]}.')
+
+
+class AgentSchema(Schema):
+    id = fields.String(load_default=None, allow_none=True, validate=ID)
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    role = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    capabilities = fields.List(Capability(), load_default=list, validate=validate.Length(max=500))
+    webhook_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"})
+    poll_endpoint = fields.String(load_default=None, allow_none=True)

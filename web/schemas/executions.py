@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from orchestrator.executions import CONTROL_STATUSES
+from orchestrator.state_machine import VALID_TRANSITIONS
+from web.schemas.plans import ID
+
+
+class CreateExecutionSchema(Schema):
+    plan_id = fields.String(required=True, validate=ID)
+    agent_id = fields.String(load_default=None, allow_none=True, validate=ID)
+    execution_id = fields.String(load_default=None, allow_none=True, validate=ID)
+
+
+class ControlSchema(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(CONTROL_STATUSES))
+
+
+class ResolveSchema(Schema):
+    option = fields.String(required=True, validate=validate.Length(1, 64))
+    params = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
+
+
+class ListQuerySchema(Schema):
+    status = fields.String(load_default=None, validate=validate.OneOf(list(VALID_TRANSITIONS)))
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 200))
+    cursor = fields.String(load_default=None)
+
+
+class EventsQuerySchema(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    before = fields.String(load_default=None)
+    event_type = fields.String(load_default=None)
