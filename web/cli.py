@@ -15,6 +15,7 @@ from orchestrator.bootstrap import ensure_admin
 from orchestrator.db import Database
 from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from orchestrator.settings import Settings
+from web.cli_plans import plans
 
 
 def _settings() -> Settings:
@@ -195,6 +196,9 @@ def beat() -> None:
 def flower(port: int, address: str) -> None:
     """Run Flower, the Celery monitoring UI, for ops."""
     _exec(_celery_argv("flower", f"--port={port}", f"--address={address}"), _settings())
+
+
+main.add_command(plans)
 
 
 if __name__ == "__main__":  # pragma: no cover
