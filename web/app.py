@@ -47,6 +47,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     from web.api import register_api
     from web.errors import register_error_handlers
 
+    from web.stream import bp as stream_bp
+    from web.stream import sock
+
     register_error_handlers(app)
     register_api(app)
+    app.register_blueprint(stream_bp)
+    sock.init_app(app)
     return app

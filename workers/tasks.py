@@ -8,8 +8,10 @@ from typing import Any
 import requests
 from celery import Task, shared_task
 
+from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook
 from orchestrator.streams import ShardDrainer, backlog_shards
+from orchestrator.sweeper import apply_sweep
 from workers.runtime import runtime_for
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,6 @@ def sweep(self: Task) -> None:
 @shared_task(name="workers.tasks.sweep_work", bind=True, ignore_result=True)
 def sweep_work(self: Task) -> None:
     """Subtasks past their timeout, or held by silent agents, go back for retry or fail."""
-    from orchestrator.models import utcnow
-    from orchestrator.sweeper import apply_sweep
-
     rt = runtime_for(self.app)
     apply_sweep(rt.db, rt.redis, rt.settings, utcnow())
 

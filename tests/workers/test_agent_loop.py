@@ -163,7 +163,8 @@ def test_twenty_agents_two_hundred_subtasks_each_exactly_once(operator) -> None:
     claims: list = []
     errors: list = []
     stop = threading.Event()
-    threads = [threading.Thread(target=agent_loop, args=(api, aid, claims, stop, errors)) for aid, api in agents.items()]
+    threads = [threading.Thread(target=agent_loop, args=(api, aid, claims, stop, errors))
+               for aid, api in agents.items()]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 120
