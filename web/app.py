@@ -46,7 +46,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from web.api import register_api
     from web.errors import register_error_handlers
-
     from web.stream import bp as stream_bp
     from web.stream import sock
 
