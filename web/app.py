@@ -12,6 +12,10 @@ from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
 from orchestrator.ingest import Ingestor
 from orchestrator.settings import Settings
+from web.api import register_api
+from web.errors import register_error_handlers
+from web.stream import bp as stream_bp
+from web.stream import sock
 from workers.celery_app import celery_config, create_celery
 
 
@@ -43,11 +47,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         redis=app.extensions["redis"], prefix=settings.redis_key_prefix, shards=settings.ingest_shards,
         trigger=lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]),
     )
-
-    from web.api import register_api
-    from web.errors import register_error_handlers
-    from web.stream import bp as stream_bp
-    from web.stream import sock
 
     register_error_handlers(app)
     register_api(app)
