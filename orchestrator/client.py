@@ -1,0 +1,229 @@
+"""A small Python client for agents: poll for work, report what happened, run a handler in a loop.
+
+    client = AgentClient("http://localhost:5000", "agent_larry_001", api_key)
+    client.run(lambda work: {"email_sent_to": work.task["params"]["to"]}, stop=threading.Event())
+
+Reports carry an idempotency key that stays the same across the client's own retries, so a report
+whose answer was lost on the way back is applied once however often it is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 5
+BACKOFF_SECONDS = 0.2
+STATUS_WAIT_SECONDS = 30.0
+
+
+class AgentClientError(Exception):
+    """The server refused a request (4xx): retrying the same request will not help."""
+
+    def __init__(self, status: int, error: dict[str, Any] | None) -> None:
+        self.status = status
+        self.error = error or {}
+        detail = self.error.get("error", self.error) if isinstance(self.error, dict) else self.error
+        super().__init__(f"{status}: {detail}")
+
+    @property
+    def code(self) -> str | None:
+        err = self.error.get("error") if isinstance(self.error, dict) else None
+        return err.get("code") if isinstance(err, dict) else None
+
+
+class HumanReviewNeeded(Exception):  # noqa: N818 - reads as what the handler says, not as a failure
+    """Raised by a handler when a person has to decide: the subtask is reported as a blocking error."""
+
+    def __init__(self, message: str, suggestions: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.suggestions = list(suggestions or [])
+
+
+@dataclass
+class Work:
+    execution_id: str
+    plan_id: str | None
+    task: dict[str, Any]
+    force_pause: bool = False
+    force_cancel: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task_id(self) -> str | None:
+        return self.task.get("task_id") if self.task else None
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AgentClient:
+    def __init__(self, base_url: str, agent_id: str, api_key: str, *, session: requests.Session | None = None,
+                 timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.agent_id = agent_id
+        self.api_key = api_key
+        self.session = session or requests.Session()
+        self.timeout = timeout
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        """Send with retries on connection errors and 5xx (backoff 0.2·2^n); raise on 4xx."""
+        headers = {"Authorization": f"Bearer {self.api_key}", **kw.pop("headers", {})}
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                resp = self.session.request(method, url, headers=headers, timeout=self.timeout, **kw)
+            except requests.ConnectionError:
+                if attempt == MAX_RETRIES:
+                    raise
+                log.warning("%s %s: connection failed; retrying", method, path)
+            else:
+                if resp.status_code < 500 or attempt == MAX_RETRIES:
+                    break
+                log.warning("%s %s answered %s; retrying", method, path, resp.status_code)
+            time.sleep(BACKOFF_SECONDS * 2 ** attempt)
+        if resp.status_code >= 400:
+            raise AgentClientError(resp.status_code, _json(resp))
+        return resp
+
+    # -- polling ----------------------------------------------------------------------------------
+
+    def poll(self, supported_actions: Iterable[str] | None = None) -> Work | None:
+        """Claim the next subtask, or None when there is nothing (204) for this agent."""
+        params = {"supported_actions": ",".join(supported_actions)} if supported_actions else None
+        resp = self._request("GET", f"/api/agents/{self.agent_id}/work", params=params)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        body = resp.json()
+        task = body.get("next_task") or {}
+        if not body.get("execution_id") and not (body.get("force_pause") or body.get("force_cancel")):
+            return None
+        return Work(execution_id=body.get("execution_id"), plan_id=body.get("plan_id"), task=task,
+                    force_pause=bool(body.get("force_pause")), force_cancel=bool(body.get("force_cancel")),
+                    raw=body)
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def report(self, execution_id: str, event_type: str, task_id: str | None = None, *, wait: bool = True,
+               **fields: Any) -> dict[str, Any]:
+        """Post one event; return the server's outcome (or the 202 receipt when not waiting)."""
+        body = {
+            "agent_id": self.agent_id,
+            "agent_timestamp": _now_iso(),
+            "event_type": event_type,
+            "task_id": task_id,
+            "idempotency_key": uuid.uuid4().hex,  # built once: retries below resend the same body
+            **fields,
+        }
+        body = {k: v for k, v in body.items() if v is not None}
+        resp = self._request("POST", f"/api/executions/{execution_id}/events", json=body)
+        out = _json(resp)
+        if resp.status_code == 202 and wait and out.get("status_url"):
+            return self._wait_outcome(out["status_url"])
+        return out
+
+    def _wait_outcome(self, status_url: str) -> dict[str, Any]:
+        deadline = time.monotonic() + STATUS_WAIT_SECONDS
+        delay = 0.05
+        while True:
+            resp = self._request("GET", status_url)
+            if resp.status_code == 200:
+                body = _json(resp)
+                if body.get("state") == "rejected":
+                    raise AgentClientError(409, {"error": body.get("outcome", {}).get("error"), **body})
+                return body.get("outcome", body)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"event not applied within {STATUS_WAIT_SECONDS:.0f}s: {status_url}")
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def started(self, work: Work) -> dict[str, Any]:
+        return self.report(work.execution_id, "task_started", work.task_id, status="running")
+
+    def complete(self, work: Work, output_data: dict[str, Any] | None = None,
+                 message: str | None = None) -> dict[str, Any]:
+        return self.report(work.execution_id, "task_complete", work.task_id, status="success",
+                           output_data=output_data, message=message)
+
+    def error(self, work: Work, error_type: str, error_message: str, *, human_review_required: bool = False,
+              suggestions: list[Any] | None = None, blocking: bool = False) -> dict[str, Any]:
+        return self.report(work.execution_id, "task_error", work.task_id, status="error", error_type=error_type,
+                           error_message=error_message, human_review_required=human_review_required,
+                           suggestions=suggestions, blocking=blocking)
+
+    def heartbeat(self, execution_id: str) -> dict[str, Any]:
+        return self.report(execution_id, "heartbeat")
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, handler: Callable[[Work], dict[str, Any] | None], *, stop: threading.Event,
+            supported_actions: Iterable[str] | None = None, idle_sleep: float = 0.5,
+            on_force_pause: Callable[[Work], None] | None = None,
+            on_force_cancel: Callable[[Work], None] | None = None) -> int:
+        """Poll and work until `stop` is set; return how many subtasks were completed."""
+        actions = list(supported_actions) if supported_actions else None
+        completed = 0
+        while not stop.is_set():
+            try:
+                work = self.poll(actions)
+            except (requests.RequestException, AgentClientError) as exc:
+                # The server may be restarting: keep the agent alive and try again.
+                log.warning("poll failed: %s", exc)
+                stop.wait(idle_sleep)
+                continue
+            if work is None:
+                stop.wait(idle_sleep)
+                continue
+            if work.force_cancel or work.force_pause:
+                callback = on_force_cancel if work.force_cancel else on_force_pause
+                if callback is not None:
+                    callback(work)
+                stop.wait(idle_sleep)
+                continue
+            if work.task_id is None:
+                stop.wait(idle_sleep)
+                continue
+            completed += self._work_one(handler, work)
+        return completed
+
+    def _work_one(self, handler: Callable[[Work], dict[str, Any] | None], work: Work) -> int:
+        try:
+            self.started(work)
+            try:
+                output = handler(work)
+            except HumanReviewNeeded as exc:
+                self.error(work, "human_review_required", exc.message, human_review_required=True,
+                           suggestions=exc.suggestions, blocking=True)
+                return 0
+            except Exception as exc:  # noqa: BLE001 - any handler failure is reported, the loop goes on
+                log.exception("handler failed on %s", work.task_id)
+                self.error(work, type(exc).__name__, str(exc))
+                return 0
+            self.complete(work, output_data=output if isinstance(output, dict) else None)
+            return 1
+        except (requests.RequestException, AgentClientError, TimeoutError) as exc:
+            # The subtask stays held; the sweeper gives it back if this agent never manages to report.
+            log.warning("reporting on %s failed: %s", work.task_id, exc)
+            return 0
+
+
+def _json(resp: requests.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {"raw": resp.text}
+    return body if isinstance(body, dict) else {"body": body}

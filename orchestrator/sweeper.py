@@ -1,0 +1,178 @@
+"""The sweeper: subtasks held too long go back to the queue, or fail when no attempts are left.
+
+Two reasons to take a subtask away from its agent: it has been running longer than its plan's
+`timeout_hours` ("subtask_timeout"), or its agent has gone quiet for longer than the heartbeat
+window ("agent_silent"). Both go through the same graph moves as an agent's own `task_error`
+(orchestrator.progress), so a retry after a timeout looks exactly like a retry after an error.
+Beat runs this every SWEEP_INTERVAL_SECONDS through workers.tasks.sweep_work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from orchestrator import event_log, progress, state_machine
+from orchestrator.db import Database
+from orchestrator.holds import release_holds
+from orchestrator.models import Agent, ExecutionSubtask, PlanSubtask, PlanTask
+from orchestrator.publish import execution_update, iso, publish
+from orchestrator.retry import RetryPolicy
+from orchestrator.settings import Settings
+from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = "subtask_timeout"
+SILENT = "agent_silent"
+
+
+@dataclass
+class SweepResult:
+    released_holds: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    timed_out: int = 0
+    silent: int = 0
+
+
+def _reason(claimed_at: datetime | None, timeout_hours: int | None, agent_id: str | None,
+            last_heartbeat: datetime | None, now: datetime, window: timedelta) -> str | None:
+    """Why a RUNNING subtask should be taken back, or None to leave it with its agent."""
+    if claimed_at is not None and timeout_hours is not None and claimed_at + timedelta(hours=timeout_hours) < now:
+        return TIMEOUT
+    # The claim itself counts as a sign of life: an agent that has never sent a heartbeat (poll
+    # updates it, but an agent created directly may not have) keeps a fresh claim for one window.
+    seen = [t for t in (last_heartbeat, claimed_at) if t is not None]
+    if agent_id is None or not seen or max(seen) < now - window:
+        return SILENT
+    return None
+
+
+def _message(kind: str, sub: ExecutionSubtask, timeout_hours: int, last_seen: datetime | None) -> str:
+    if kind == TIMEOUT:
+        return (f"Subtask {sub.plan_subtask_id} ran past its {timeout_hours}h timeout "
+                f"(claimed by {sub.agent_id} at {iso(sub.claimed_at)}).")
+    return f"Agent {sub.agent_id} went silent holding subtask {sub.plan_subtask_id} (last seen {iso(last_seen)})."
+
+
+def _candidates(session: Session, now: datetime, window: timedelta, limit: int) -> list[str]:
+    """Ids of RUNNING subtasks to take back, oldest claims first.
+
+    The timeout is per row (the plan subtask's hours), and date arithmetic differs between SQLite and
+    PostgreSQL, so the test runs here on a narrow column query; RUNNING rows number at most the
+    agents at work, so this stays small.
+    """
+    rows = session.execute(
+        select(ExecutionSubtask.id, ExecutionSubtask.claimed_at, ExecutionSubtask.agent_id,
+               PlanSubtask.timeout_hours, Agent.last_heartbeat)
+        .join(PlanSubtask, (PlanSubtask.plan_id == ExecutionSubtask.plan_id)
+              & (PlanSubtask.id == ExecutionSubtask.plan_subtask_id))
+        .outerjoin(Agent, Agent.id == ExecutionSubtask.agent_id)
+        .where(ExecutionSubtask.status == SubtaskStatus.RUNNING)
+    ).all()
+    due = [r for r in rows if _reason(r.claimed_at, r.timeout_hours, r.agent_id, r.last_heartbeat, now, window)]
+    due.sort(key=lambda r: (r.claimed_at is not None, r.claimed_at or now))
+    return [r.id for r in due[:limit]]
+
+
+def sweep(session: Session, now: datetime, heartbeat_window_seconds: int, limit: int = 500) -> SweepResult:
+    """Take back what is due, inside the caller's unit of work; the caller does the after-commit work."""
+    result = SweepResult()
+    window = timedelta(seconds=heartbeat_window_seconds)
+    ids = _candidates(session, now, window, limit)
+    if not ids:
+        return result
+    execution_ids = session.scalars(
+        select(ExecutionSubtask.execution_id).where(ExecutionSubtask.id.in_(ids)).distinct()
+    ).all()
+    # Lock the executions, then decide again on the locked rows: an agent's event or a person may
+    # have moved a subtask between the candidate query and the lock.
+    graphs = progress.load_graphs(session, execution_ids, lock=True)
+    wanted = set(ids)
+    subs = [(g, s) for g in graphs.values() for s in g.subtasks.values() if s.id in wanted]
+    plan_subs = {
+        (p.plan_id, p.id): p for p in session.scalars(select(PlanSubtask).where(
+            tuple_(PlanSubtask.plan_id, PlanSubtask.id).in_({(s.plan_id, s.plan_subtask_id) for _, s in subs})))
+    } if subs else {}
+    holders = {s.agent_id for _, s in subs if s.agent_id}
+    heartbeats = dict(session.execute(
+        select(Agent.id, Agent.last_heartbeat).where(Agent.id.in_(holders))
+    ).all()) if holders else {}
+
+    released: dict[str, list[str]] = defaultdict(list)
+    touched: dict[str, progress.ExecutionGraph] = {}
+    for g, sub in subs:
+        plan_sub = plan_subs[(sub.plan_id, sub.plan_subtask_id)]
+        last_seen = heartbeats.get(sub.agent_id) if sub.agent_id else None
+        if sub.status != SubtaskStatus.RUNNING:
+            continue
+        kind = _reason(sub.claimed_at, plan_sub.timeout_hours, sub.agent_id, last_seen, now, window)
+        if kind is None:
+            continue
+        message = _message(kind, sub, plan_sub.timeout_hours, last_seen)
+        holder = sub.agent_id
+        ex = g.execution
+        details: dict[str, Any] = {"reason": kind, "attempt": sub.attempt, "max_attempts": sub.max_attempts}
+        # A finished execution never hands work out again, so retrying there would only leave a
+        # QUEUED row behind; the subtask just fails.
+        if progress.retries_left(sub) and ex.status not in state_machine.FINISHED_STATES:
+            retry_at = progress.retry_subtask(sub, RetryPolicy.from_json(plan_sub.retry_policy), message, now, g=g)
+            details.update(retry_scheduled=True, next_attempt=sub.attempt, not_before=iso(retry_at))
+        else:
+            progress.fail_subtask(g, sub, message, now)
+            details.update(retry_scheduled=False, attempts_exhausted=True)
+            if ex.status == ExecutionStatus.RUNNING:
+                old = ex.status
+                ex.status = state_machine.transition(old, ExecutionStatus.FAILED)
+                ex.completed_at = now
+                ex.status_message = f"A subtask failed with no attempts left: {message}"
+                event_log.record_transition(session, ex.id, old, ex.status, now, reason=kind)
+                result.transitions.append((ex.id, old, ex.status))
+        event_log.record_event(
+            session, ex.id, kind, now, source="system", subtask_id=sub.plan_subtask_id,
+            task_id=g.task_of(sub).plan_task_id, status="error", message=message, output_data=details,
+            agent_id=holder,
+        )
+        released[ex.id].append(sub.plan_subtask_id)
+        touched[ex.id] = g
+        if kind == TIMEOUT:
+            result.timed_out += 1
+        else:
+            result.silent += 1
+
+    if touched:
+        current = {(g.execution.plan_id, g.execution.current_task_id) for g in touched.values()
+                   if g.execution.current_task_id}
+        titles = {
+            (plan_id, task_id): title for plan_id, task_id, title in session.execute(
+                select(PlanTask.plan_id, PlanTask.id, PlanTask.title)
+                .where(tuple_(PlanTask.plan_id, PlanTask.id).in_(current)))
+        } if current else {}
+        for g in touched.values():
+            ex = g.execution
+            result.messages.append(execution_update(ex, titles.get((ex.plan_id, ex.current_task_id)), now))
+    result.released_holds = dict(released)
+    session.flush()
+    return result
+
+
+def apply_sweep(db: Database, r: redis.Redis, settings: Settings, now: datetime) -> SweepResult:
+    """Sweep in one transaction; release holds, publish and log only once it has committed."""
+    with db.unit_of_work() as session:
+        result = sweep(session, now, settings.heartbeat_window_seconds)
+    for execution_id, subtask_ids in result.released_holds.items():
+        release_holds(r, settings.redis_key_prefix, execution_id, subtask_ids)
+    publish(r, settings.redis_key_prefix, result.messages)
+    for execution_id, old, new in result.transitions:
+        state_machine.log_transition(execution_id, old, new)
+    if result.timed_out or result.silent:
+        log.info("sweep: %d timed out, %d held by silent agents", result.timed_out, result.silent)
+    return result
