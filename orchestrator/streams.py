@@ -42,6 +42,7 @@ class DrainStats:
     duplicates: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     lease_taken: bool = True
+    more: bool = False  # stopped at the time budget with entries left: drain again soon
 
 
 def ensure_group(r: redis.Redis, stream: str) -> None:
@@ -78,10 +79,15 @@ class ShardDrainer:
         self.lease_seconds = lease_seconds
         self.notify = notify
 
-    def drain(self, shard: int, max_rounds: int = 20) -> DrainStats:
-        """Drain `shard` until its stream is empty, or return at once if another worker holds it."""
+    def drain(self, shard: int, budget_seconds: float = 0.25, max_rounds: int = 20) -> DrainStats:
+        """Drain `shard` until its stream is empty, or return at once if another worker holds it.
+
+        A drain stops after `budget_seconds` with `more` set, so that a busy shard cannot keep a
+        worker process from the other shards' triggers waiting behind it in the queue.
+        """
         stats = DrainStats(shard)
         stream = self.keys.stream(shard)
+        deadline = time.monotonic() + budget_seconds
         for _ in range(max_rounds):
             lock = self.redis.lock(self.keys.lease(shard), timeout=self.lease_seconds, blocking=False,
                                    thread_local=False)
@@ -90,7 +96,7 @@ class ShardDrainer:
                 return stats
             try:
                 ensure_group(self.redis, stream)
-                self._drain_locked(shard, stream, lock, stats)
+                self._drain_locked(shard, stream, lock, stats, deadline)
             finally:
                 try:
                     lock.release()
@@ -99,9 +105,12 @@ class ShardDrainer:
             # Events accepted after our last read, whose trigger our flag may have swallowed.
             if self.redis.xlen(stream) == 0:
                 break
+            if time.monotonic() >= deadline:
+                stats.more = True
+                break
         return stats
 
-    def _drain_locked(self, shard: int, stream: str, lock: Any, stats: DrainStats) -> None:
+    def _drain_locked(self, shard: int, stream: str, lock: Any, stats: DrainStats, deadline: float) -> None:
         backlog = True  # first what a dead predecessor read but never acknowledged
         while True:
             if not backlog:
@@ -127,6 +136,8 @@ class ShardDrainer:
             stats.duplicates += result.duplicates
             stats.batch_sizes.append(len(entries))
             lock.reacquire()
+            if time.monotonic() >= deadline:
+                return
 
     def _apply_with_retry(self, envelopes: list[Envelope]) -> BatchResult:
         for attempt in range(5):

@@ -29,6 +29,8 @@ def _drainer(task: Task) -> ShardDrainer:
 def drain(self: Task, shard: int) -> dict[str, Any]:
     """Apply what waits in one shard's stream (triggered by the front end after it accepts events)."""
     stats = _drainer(self).drain(int(shard))
+    if stats.more:
+        drain.delay(shard)  # to the back of the queue: other shards' drains go first
     if stats.batches:
         log.info("shard %s: %d applied, %d duplicates, batches %s", shard, stats.applied, stats.duplicates,
                  stats.batch_sizes)
