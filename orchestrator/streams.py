@@ -102,7 +102,10 @@ class ShardDrainer:
                     lock.release()
                 except LockError:
                     log.warning("lease on shard %s expired while draining", shard)
-            # Events accepted after our last read, whose trigger our flag may have swallowed.
+            # An event accepted after our last read may have found the trigger flag still set and
+            # sent no trigger. Clearing the flag first means: whatever arrives from here on triggers
+            # a drain itself, and whatever arrived before is seen by the length check.
+            self.redis.delete(self.keys.trigger_flag(shard))
             if self.redis.xlen(stream) == 0:
                 break
             if time.monotonic() >= deadline:
