@@ -37,9 +37,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         SECRET_KEY=settings.secret_key,
         SETTINGS=settings,
         CELERY=celery_config(settings),
-        JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
     )
+    app.json.sort_keys = False  # answers keep the guide's field order
     app.extensions["db"] = Database(settings)
     app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     celery_app = celery_init_app(app)

@@ -1,5 +1,133 @@
-"""(being written)"""
+"""Task decomposition (guide section 3): ask a decomposer, optionally store the result as the task's subtasks.
 
-from flask import Blueprint
+The decomposer may call a language model for many seconds, so it runs outside any transaction: a read
+checks access and gathers the input, the decomposer answers, and only applying opens a unit of work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, fields, pre_load, validate
+
+from orchestrator.decomposition import (
+    DecompositionConfig,
+    DecompositionRequest,
+    DecompositionResult,
+    agent_access,
+    apply_decomposition,
+    decomposer_for,
+    effective_capabilities,
+    normalise_subtasks,
+    task_request,
+)
+from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.models import utcnow
+from orchestrator.plans import get_plan, plan_to_dict
+from web.auth import current_principal, require_user
+from web.schemas.plans import ID
 
 bp = Blueprint("decompose", __name__, url_prefix="/api")
+
+
+class TaskInSchema(Schema):
+    task_id = fields.String(required=True, validate=ID)
+    title = fields.String(required=True, validate=validate.Length(1, 500))
+    description = fields.String(load_default="")
+    assignee_role = fields.String(load_default=None, allow_none=True)
+
+
+class DecomposeSchema(Schema):
+    task = fields.Nested(TaskInSchema, required=True)
+    plan_context = fields.Dict(keys=fields.String(), load_default=dict)
+    agent_capabilities = fields.List(fields.String(validate=validate.Length(1, 120)), load_default=None)
+    plan_id = fields.String(load_default=None, allow_none=True)
+    apply = fields.Boolean(load_default=False)
+    replace = fields.Boolean(load_default=False)
+
+
+class SubtaskInSchema(Schema):
+    subtask_id = fields.String(required=True, validate=ID)
+    title = fields.String(required=True, validate=validate.Length(1, 500))
+    action = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 120))
+    params = fields.Dict(keys=fields.String(), load_default=dict)
+    depends_on = fields.List(fields.String(), load_default=list)
+    success_criteria = fields.List(fields.String(), load_default=list)
+    failure_handling = fields.String(load_default=None, allow_none=True)
+
+
+class DecompositionInSchema(Schema):
+    decomposed_subtasks = fields.List(fields.Nested(SubtaskInSchema), required=True,
+                                      validate=validate.Length(1, 500))
+    decomposition_confidence = fields.Float(load_default=1.0, validate=validate.Range(0, 1))
+    notes = fields.String(load_default="")
+    agent_id = fields.String(load_default=None, allow_none=True)
+    replace = fields.Boolean(load_default=False)
+
+    @pre_load
+    def _subtasks_alias(self, data: Any, **_: Any) -> Any:
+        # "subtasks" is accepted for "decomposed_subtasks", the guide's name.
+        if isinstance(data, dict) and "subtasks" in data and "decomposed_subtasks" not in data:
+            data = {**data, "decomposed_subtasks": data["subtasks"]}
+            del data["subtasks"]
+        return data
+
+
+_decompose = DecomposeSchema()
+_decomposition = DecompositionInSchema()
+
+
+@bp.post("/agents/<agent_id>/decompose")
+def decompose(agent_id: str) -> ResponseReturnValue:
+    """For the agent itself (its key) or an operator who owns it."""
+    principal = current_principal()
+    data = _decompose.load(request.get_json() or {})
+    if data["apply"] and not data["plan_id"]:
+        raise ValidationFailed("apply needs the plan_id of the task to store the decomposition in.")
+    db = current_app.extensions["db"]
+    with db.reading() as s:
+        access = agent_access(s, principal, agent_id)
+        caps, warnings = effective_capabilities(data["agent_capabilities"], access.capabilities)
+        context = data["plan_context"]
+        if data["plan_id"]:
+            if access.plan_principal is None:
+                raise NotFound(f"Plan {data['plan_id']} not found.", plan_id=data["plan_id"])
+            stored = task_request(s, access.plan_principal, data["plan_id"], data["task"]["task_id"], caps)
+            context = {**stored.plan_context, **context}
+    req = DecompositionRequest(task=data["task"], plan_context=context, capabilities=caps)
+    result = decomposer_for(current_app.config.get("SETTINGS")).decompose(req)
+    result.warnings[:0] = warnings
+    body = result.to_response()
+    if data["apply"]:
+        threshold = DecompositionConfig.from_env().apply_threshold
+        applied = result.decomposition_confidence >= threshold and bool(result.decomposed_subtasks)
+        if applied:
+            with db.unit_of_work() as s:
+                apply_decomposition(s, access.plan_principal, data["plan_id"], req.task_id, result, utcnow(),
+                                    replace=data["replace"])
+        body.update(applied=applied, proposal=not applied, apply_threshold=threshold)
+    return jsonify(body)
+
+
+@bp.post("/plans/<plan_id>/tasks/<task_id>/decomposition")
+@require_user
+def store(plan_id: str, task_id: str) -> ResponseReturnValue:
+    """An operator stores a (possibly edited) decomposition; it is checked strictly, never repaired."""
+    data = _decomposition.load(request.get_json() or {})
+    db = current_app.extensions["db"]
+    principal = current_principal()
+    caps = None
+    if data["agent_id"]:
+        with db.reading() as s:
+            caps = set(agent_access(s, principal, data["agent_id"]).capabilities) or None
+    norm = normalise_subtasks(task_id, data["decomposed_subtasks"], caps, strict=True)
+    result = DecompositionResult(task_id=task_id, decomposition_confidence=data["decomposition_confidence"],
+                                 decomposed_subtasks=norm.subtasks, execution_sequence=norm.execution_sequence,
+                                 notes=data["notes"], decomposer="operator")
+    with db.unit_of_work() as s:
+        apply_decomposition(s, principal, plan_id, task_id, result, utcnow(), replace=data["replace"])
+        plan = plan_to_dict(get_plan(s, principal, plan_id))
+    task = next(t for t in plan["tasks"] if t["id"] == task_id)
+    return jsonify({"plan_id": plan_id, "task": task}), 201, {"Location": f"/api/plans/{plan_id}"}
