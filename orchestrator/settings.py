@@ -19,6 +19,10 @@
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | LOG_LEVEL | INFO | |
+
+The decomposer's settings (DECOMPOSER, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL, LLM_TIMEOUT_SECONDS,
+DECOMPOSITION_APPLY_THRESHOLD) are read by `orchestrator.decomposition.DecompositionConfig` and
+listed in docs/plan-format.md.
 """
 
 from __future__ import annotations
