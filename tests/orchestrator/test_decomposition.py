@@ -225,3 +225,27 @@ def test_apply_decomposition_writes_subtasks_and_refuses_a_second_time(db) -> No
         apply_decomposition(s, me, "plan_d", "task_1_1", clash, utcnow(), replace=True)
     with db.reading() as s:
         assert [x.id for x in s.get(PlanTask, ("plan_d", "task_1_1")).subtasks] == ["task_1_1_z"]
+
+
+def test_executions_created_after_applying_run_the_new_subtasks(db) -> None:
+    from orchestrator.executions import create_execution
+    from orchestrator.scheduling import claim_work
+    from tests.factories import make_agent
+
+    with db.unit_of_work() as s:
+        owner = make_user(s, "mark")
+        caps = [{"action": a, "params": []} for a in GUIDE_REQUEST["agent_capabilities"]]
+        make_agent(s, "agent_ba", capabilities=caps)
+        plan = make_plan(s, owner, "plan_run", n_tasks=0)
+        plan.tasks.append(PlanTask(id="task_1_1", title="Interview Carol", position=0))
+        owner_id = owner.id
+    result = TemplateDecomposer().decompose(guide_request())
+    with db.unit_of_work() as s:
+        apply_decomposition(s, Principal("user", owner_id), "plan_run", "task_1_1", result, utcnow())
+    with db.unit_of_work() as s:
+        create_execution(s, owner_id, "plan_run", utcnow(), execution_id="exec_run").status = "QUEUED"
+    with db.unit_of_work() as s:
+        work = claim_work(s, "agent_ba", None, utcnow()).payload
+    assert work["execution_id"] == "exec_run"
+    assert work["next_task"]["task_id"] == result.execution_sequence[0]
+    assert work["next_task"]["action"] in GUIDE_REQUEST["agent_capabilities"]
