@@ -64,6 +64,11 @@ class Work:
     def task_id(self) -> str | None:
         return self.task.get("task_id") if self.task else None
 
+    @property
+    def held(self) -> list[dict[str, Any]]:
+        """With force_pause / force_cancel: the held subtasks to stop ({"execution_id", "task_id", "signal"})."""
+        return list(self.raw.get("held") or [])
+
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -80,17 +85,24 @@ class AgentClient:
 
     # -- transport ------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """Send with retries on connection errors and 5xx (backoff 0.2·2^n); raise on 4xx."""
+    def _request(self, method: str, path: str, *, resend_after_timeout: bool = True, **kw: Any) -> requests.Response:
+        """Send with retries on connection errors and 5xx (backoff 0.2·2^n); raise on 4xx.
+
+        Without `resend_after_timeout` a read timeout is raised at once: for a request that is not
+        idempotent (the poll claims work), the first may have done its job and a resend would do it again.
+        """
         headers = {"Authorization": f"Bearer {self.api_key}", **kw.pop("headers", {})}
         url = path if path.startswith("http") else f"{self.base_url}{path}"
         for attempt in range(MAX_RETRIES + 1):
             try:
                 resp = self.session.request(method, url, headers=headers, timeout=self.timeout, **kw)
-            except requests.ConnectionError:
-                if attempt == MAX_RETRIES:
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                # A report may have arrived even though its answer did not: resending it is safe because
+                # the body (and so its idempotency key) is the same.
+                unsent = isinstance(exc, requests.ConnectTimeout) or not isinstance(exc, requests.Timeout)
+                if attempt == MAX_RETRIES or not (unsent or resend_after_timeout):
                     raise
-                log.warning("%s %s: connection failed; retrying", method, path)
+                log.warning("%s %s: no answer; retrying", method, path)
             else:
                 if resp.status_code < 500 or attempt == MAX_RETRIES:
                     break
@@ -105,7 +117,8 @@ class AgentClient:
     def poll(self, supported_actions: Iterable[str] | None = None) -> Work | None:
         """Claim the next subtask, or None when there is nothing (204) for this agent."""
         params = {"supported_actions": ",".join(supported_actions)} if supported_actions else None
-        resp = self._request("GET", f"/api/agents/{self.agent_id}/work", params=params)
+        resp = self._request("GET", f"/api/agents/{self.agent_id}/work", params=params,
+                             resend_after_timeout=False)
         if resp.status_code == 204 or not resp.content:
             return None
         body = resp.json()
@@ -171,7 +184,7 @@ class AgentClient:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self, handler: Callable[[Work], dict[str, Any] | None], *, stop: threading.Event,
-            supported_actions: Iterable[str] | None = None, idle_sleep: float = 0.5,
+            supported_actions: Iterable[str] | None = None, idle_sleep: float = 1.0,
             on_force_pause: Callable[[Work], None] | None = None,
             on_force_cancel: Callable[[Work], None] | None = None) -> int:
         """Poll and work until `stop` is set; return how many subtasks were completed."""

@@ -21,10 +21,12 @@ from orchestrator.errors import Forbidden, NotFound
 from orchestrator.event_log import record_transition
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
 from orchestrator.progress import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
-from orchestrator.publish import execution_update
+from orchestrator.publish import event_message, execution_update
 from orchestrator.state_machine import ExecutionStatus, SubtaskStatus, transition
 
 CONTEXT_ITEMS = 5
+# Candidates one poll tries when the first turns out unfit once locked (a race with a person).
+MAX_CANDIDATES = 5
 
 
 @dataclass
@@ -36,7 +38,8 @@ class ClaimResult:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime) -> ExecutionSubtask | None:
+def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime,
+               passed: set[str]) -> ExecutionSubtask | None:
     q = (
         select(ExecutionSubtask)
         .join(Execution, Execution.id == ExecutionSubtask.execution_id)
@@ -52,6 +55,8 @@ def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: d
         .order_by(ExecutionSubtask.priority, Execution.created_at, Execution.id, ExecutionSubtask.position)
         .limit(1)
     )
+    if passed:  # candidates this poll already found unfit once locked
+        q = q.where(ExecutionSubtask.id.not_in(sorted(passed)))
     if actions is not None:
         q = q.join(PlanSubtask, and_(PlanSubtask.plan_id == ExecutionSubtask.plan_id,
                                      PlanSubtask.id == ExecutionSubtask.plan_subtask_id)).where(
@@ -81,7 +86,6 @@ def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: 
         "plan_id": ex.plan_id,
         "next_task": {
             "task_id": sub.plan_subtask_id,
-            "parent_task_id": g.task_of(sub).plan_task_id,
             "title": ps.title,
             "action": ps.action,
             "params": {**(ps.params or {}), **(sub.params_override or {})},
@@ -126,38 +130,72 @@ def _force_flags(session: Session, agent_id: str, result: ClaimResult, now: date
     }
 
 
+def _still_ready(g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: datetime) -> bool:
+    """The candidate test again, on the locked rows: a person may have paused or cancelled the
+    execution (or reassigned it) between the candidate query and the execution lock."""
+    ex = g.execution
+    return (
+        sub.status == SubtaskStatus.QUEUED and sub.waiting_on == 0
+        and (sub.not_before is None or sub.not_before <= now)
+        and ex.status in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+        and not ex.pause_requested and not ex.cancel_requested
+        and ex.agent_id in (None, agent_id)
+    )
+
+
 def claim_work(session: Session, agent_id: str, supported_actions: set[str] | None, now: datetime) -> ClaimResult:
-    """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a heartbeat."""
+    """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a heartbeat.
+
+    `supported_actions` None means the agent's registered capabilities, or any action when it has none.
+    While the agent holds work in a paused or cancelled execution it is told so (force_pause /
+    force_cancel) and given nothing new; held work of a cancelled execution is released (SKIPPED).
+    """
     agent = session.get(Agent, agent_id)
     if agent is None:
         raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
     if not agent.is_active:
         raise Forbidden(f"Agent {agent_id} is deactivated.", agent_id=agent_id)
-    agent.last_heartbeat = now
     result = ClaimResult(payload=None)
     force = _force_flags(session, agent_id, result, now)
+    forced = force["force_pause"] or force["force_cancel"]
     actions = supported_actions if supported_actions is not None else (capability_actions(agent) or None)
-    sub = None if force["force_pause"] or force["force_cancel"] else _candidate(session, agent_id, actions, now)
-    if sub is None:
-        if force["force_pause"] or force["force_cancel"]:
-            result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
-                              **force}
-        return result
-    g = load_graphs(session, [sub.execution_id], lock=True)[sub.execution_id]
-    sub = g.subtasks[sub.plan_subtask_id]
-    if sub.status != SubtaskStatus.QUEUED:  # taken between the SELECT and the lock (SQLite never gets here)
-        return result
-    ex = g.execution
-    start_subtask(g, sub, agent_id, now)
-    if ex.status == ExecutionStatus.QUEUED:
-        ex.status = transition(ex.status, ExecutionStatus.RUNNING)
-        ex.started_at = ex.started_at or now
-        ex.status_message = "Running."
-        record_transition(session, ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, now, reason="first claim")
-        result.transitions.append((ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING))
-    result.holds.append((ex.id, sub.plan_subtask_id, agent_id))
-    result.payload = _payload(session, g, sub, force)
-    title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
-                                                        PlanTask.id == ex.current_task_id))
-    result.messages.append(execution_update(ex, title, now))
+    claimed: tuple[ExecutionGraph, ExecutionSubtask] | None = None
+    passed: set[str] = set()
+    for _ in range(0 if forced else MAX_CANDIDATES):
+        sub = _candidate(session, agent_id, actions, now, passed)
+        if sub is None:
+            break
+        # Lock order: the subtask row (SKIP LOCKED) and then its execution; every other writer locks
+        # executions first and never touches a QUEUED, ready row, so the two orders cannot deadlock.
+        g = load_graphs(session, [sub.execution_id], lock=True)[sub.execution_id]
+        sub = g.subtasks[sub.plan_subtask_id]
+        if _still_ready(g, sub, agent_id, now):
+            claimed = (g, sub)
+            break
+        passed.add(sub.id)
+    if claimed is not None:
+        g, sub = claimed
+        ex = g.execution
+        before = (ex.status, ex.current_task_id)
+        start_subtask(g, sub, agent_id, now)
+        if ex.status == ExecutionStatus.QUEUED:
+            ex.status = transition(ex.status, ExecutionStatus.RUNNING)
+            ex.started_at = ex.started_at or now
+            ex.status_message = "Running."
+            ev = record_transition(session, ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, now,
+                                   reason="first claim")
+            result.messages.append(event_message(ev, ex.owner_id))
+            result.transitions.append((ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING))
+        result.holds.append((ex.id, sub.plan_subtask_id, agent_id))
+        result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
+        if (ex.status, ex.current_task_id) != before:  # the dashboard shows status and current task only
+            title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
+                                                                PlanTask.id == ex.current_task_id))
+            result.messages.append(execution_update(ex, title, now))
+    elif forced:
+        result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
+                          **force}
+    # Last, so the agent row is locked after the execution rows, in the same order as the event
+    # worker (executions, then agents' heartbeats): updated first, it deadlocked with the worker.
+    agent.last_heartbeat = now
     return result

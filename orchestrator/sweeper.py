@@ -23,7 +23,7 @@ from orchestrator import event_log, progress, state_machine
 from orchestrator.db import Database
 from orchestrator.holds import release_holds
 from orchestrator.models import Agent, ExecutionSubtask, PlanSubtask, PlanTask
-from orchestrator.publish import execution_update, iso, publish
+from orchestrator.publish import event_message, execution_update, iso, publish
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
 from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
@@ -129,18 +129,21 @@ def sweep(session: Session, now: datetime, heartbeat_window_seconds: int, limit:
         else:
             progress.fail_subtask(g, sub, message, now)
             details.update(retry_scheduled=False, attempts_exhausted=True)
-            if ex.status == ExecutionStatus.RUNNING:
-                old = ex.status
-                ex.status = state_machine.transition(old, ExecutionStatus.FAILED)
-                ex.completed_at = now
-                ex.status_message = f"A subtask failed with no attempts left: {message}"
-                event_log.record_transition(session, ex.id, old, ex.status, now, reason=kind)
-                result.transitions.append((ex.id, old, ex.status))
-        event_log.record_event(
+        ev = event_log.record_event(
             session, ex.id, kind, now, source="system", subtask_id=sub.plan_subtask_id,
             task_id=g.task_of(sub).plan_task_id, status="error", message=message, output_data=details,
             agent_id=holder,
         )
+        result.messages.append(event_message(ev, ex.owner_id))
+        # Only RUNNING may fail; a PAUSED or BLOCKED execution fails when it resumes (its tasks say so).
+        if not details["retry_scheduled"] and ex.status == ExecutionStatus.RUNNING:
+            old = ex.status
+            ex.status = state_machine.transition(old, ExecutionStatus.FAILED)
+            ex.completed_at = now
+            ex.status_message = f"A subtask failed with no attempts left: {message}"
+            ev = event_log.record_transition(session, ex.id, old, ex.status, now, reason=kind)
+            result.messages.append(event_message(ev, ex.owner_id))
+            result.transitions.append((ex.id, old, ex.status))
         released[ex.id].append(sub.plan_subtask_id)
         touched[ex.id] = g
         if kind == TIMEOUT:

@@ -178,6 +178,65 @@ def test_run_calls_force_callbacks_without_working() -> None:
     assert cancelled[0].force_cancel and cancelled[0].execution_id == "exec_1"
 
 
+def test_a_lost_poll_answer_is_not_resent_but_a_lost_report_answer_is() -> None:
+    # Resending a poll whose answer timed out would claim a second subtask; a report carries its key.
+    agent, server = fake_client({WORK_PATH: [(0, requests.ReadTimeout("slow"))]})
+    with pytest.raises(requests.ReadTimeout):
+        agent.poll()
+    assert len(server.calls) == 1
+    agent, server = fake_client({EVENTS_PATH: [(0, requests.ReadTimeout("slow")), (201, {"status": "RUNNING"})]})
+    assert agent.heartbeat("exec_1") == {"status": "RUNNING"}
+    bodies = server.bodies()
+    assert len(bodies) == 2 and bodies[0]["idempotency_key"] == bodies[1]["idempotency_key"]
+
+
+def test_force_pause_work_lists_what_is_held() -> None:
+    held = [{"execution_id": "exec_1", "task_id": "task_0_a", "signal": "pause"}]
+    paused = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
+              "force_pause": True, "force_cancel": False, "held": held}
+    agent, _ = fake_client({WORK_PATH: [(200, paused)]})
+    work = agent.poll()
+    assert work is not None and work.force_pause and work.task_id is None and work.held == held
+
+
+class FlaskTransport(BaseAdapter):
+    """A requests transport that hands each request to a Flask test client (no sockets, no threads)."""
+
+    def __init__(self, flask_client: Any) -> None:
+        super().__init__()
+        self.flask_client = flask_client
+
+    def send(self, request: requests.PreparedRequest, **kw: Any) -> requests.Response:
+        parts = urlsplit(request.url)
+        answer = self.flask_client.open(parts.path, method=request.method, query_string=parts.query,
+                                        headers=dict(request.headers), data=request.body)
+        resp = requests.Response()
+        resp.status_code = answer.status_code
+        resp._content = answer.data
+        resp.headers.update(answer.headers)
+        resp.url = request.url
+        resp.request = request
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+def test_poll_against_the_app(client, db) -> None:
+    scene = queued_execution(db, n_subtasks=2)
+    session = requests.Session()
+    session.mount(BASE, FlaskTransport(client))
+    agent = AgentClient(BASE, scene.agent_id, scene.agent_key, session=session)
+    work = agent.poll(["send_email"])
+    assert work is not None and (work.execution_id, work.task_id) == (scene.execution_id, "task_0_a")
+    assert work.task["action"] == "send_email" and work.task["attempt"] == 1
+    assert agent.poll(["send_email"]) is None  # 204: task_0_b waits for task_0_a
+    stranger = AgentClient(BASE, "agent_someone_else", scene.agent_key, session=session)
+    with pytest.raises(AgentClientError) as info:
+        stranger.poll()
+    assert info.value.status == 403 and info.value.code == "forbidden"
+
+
 @pytest.mark.integration
 def test_report_and_heartbeat_against_the_live_server(db, redis, migrated, live_server, worker) -> None:
     scene = queued_execution(db, n_subtasks=2)

@@ -6,6 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
+from orchestrator.credentials import Principal
+from orchestrator.executions import control_execution
 from orchestrator.holds import holder
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, PlanSubtask, utcnow
 from orchestrator.sweeper import apply_sweep, sweep
@@ -46,7 +48,9 @@ def test_timed_out_subtask_with_attempts_left_is_requeued(db, redis, migrated) -
     assert (result.timed_out, result.silent) == (1, 0)
     assert result.released_holds == {scene.execution_id: ["task_0_a"]}
     assert result.transitions == []
-    assert [m["execution_id"] for m in result.messages] == [scene.execution_id]
+    assert [(m["type"], m.get("event_type")) for m in result.messages] == [("event", "subtask_timeout"),
+                                                                          ("execution_update", None)]
+    assert {m["execution_id"] for m in result.messages} == {scene.execution_id}
     with db.reading() as s:
         sub = _sub(s, scene, "task_0_a")
         assert (sub.status, sub.attempt, sub.agent_id, sub.claimed_at) == ("QUEUED", 2, None, None)
@@ -72,7 +76,9 @@ def test_timed_out_subtask_without_attempts_fails_the_execution(db, redis, migra
     result = apply_sweep(db, redis, migrated, utcnow())
     assert result.timed_out == 1
     assert result.transitions == [(scene.execution_id, "RUNNING", "FAILED")]
-    assert result.messages[0]["status"] == "FAILED"
+    assert [(m["type"], m.get("event_type"), m["status"]) for m in result.messages] == [
+        ("event", "subtask_timeout", "error"), ("event", "status_change", "failed"),
+        ("execution_update", None, "FAILED")]
     with db.reading() as s:
         ex = s.get(Execution, scene.execution_id)
         assert ex.status == "FAILED" and ex.completed_at is not None and "no attempts left" in ex.status_message
@@ -138,3 +144,28 @@ def test_timeout_follows_the_plan_subtask_and_limit_caps_a_sweep(db, redis, migr
     with db.unit_of_work() as s:
         second = sweep(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
     assert second.released_holds == {scene.execution_id: ["task_0_a"]}
+
+
+def test_silent_agent_without_attempts_left_fails_a_paused_execution_only_when_it_resumes(db, redis,
+                                                                                           migrated) -> None:
+    """PAUSED → FAILED is not a transition: the subtask fails now, the execution when it resumes."""
+    scene = queued_execution(db, n_subtasks=2, retry_policy={"max_attempts": 1})
+    with db.unit_of_work() as s:
+        s.execute(update(ExecutionSubtask).where(ExecutionSubtask.execution_id == scene.execution_id)
+                  .values(max_attempts=1))
+    claim(db, redis, migrated, scene, "task_0_a")
+    with db.unit_of_work() as s:
+        ex = s.get(Execution, scene.execution_id)
+        ex.status, ex.pause_requested = "PAUSED", True
+    window = migrated.heartbeat_window_seconds
+    _age(db, scene, "task_0_a", claimed_ago=timedelta(seconds=window + 60), heartbeat_ago=None)
+    result = apply_sweep(db, redis, migrated, utcnow())
+    assert (result.silent, result.transitions) == (1, [])
+    with db.reading() as s:
+        assert s.get(Execution, scene.execution_id).status == "PAUSED"
+        assert _sub(s, scene, "task_0_a").status == "ERROR"
+    (ev,) = [e for e in _events(db, scene) if e.event_type == "agent_silent"]
+    assert ev.output_data["attempts_exhausted"] is True and ev.source == "system"
+    with db.unit_of_work() as s:
+        change = control_execution(s, Principal("user", scene.owner_id), scene.execution_id, "RUNNING", utcnow())
+    assert change.status == "FAILED"
