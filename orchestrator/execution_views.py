@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -11,7 +10,7 @@ from sqlalchemy.orm import Session
 from orchestrator.credentials import Principal
 from orchestrator.errors import NotFound
 from orchestrator.models import Execution, ExecutionEvent, PlanSubtask, PlanTask
-from orchestrator.plans import decode_cursor, encode_cursor
+from orchestrator.plans import decode_time_cursor, time_cursor
 from orchestrator.progress import load_graphs
 from orchestrator.publish import iso
 
@@ -72,8 +71,7 @@ def list_executions(session: Session, principal: Principal, status: str | None, 
     if status:
         q = q.where(Execution.status == status)
     if cursor:
-        ts, eid = decode_cursor(cursor, 2)
-        at = datetime.fromisoformat(ts)
+        at, eid = decode_time_cursor(cursor)
         q = q.where((Execution.created_at < at) | ((Execution.created_at == at) & (Execution.id < eid)))
     rows = list(session.scalars(q))
     more = len(rows) > limit
@@ -84,7 +82,7 @@ def list_executions(session: Session, principal: Principal, status: str | None, 
             select(PlanTask.plan_id, PlanTask.id, PlanTask.title).where(
                 PlanTask.plan_id.in_({r.plan_id for r in rows})))}
     items = [summary(r, titles.get((r.plan_id, r.current_task_id))) for r in rows]
-    return items, encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more else None
+    return items, time_cursor(rows[-1].created_at, rows[-1].id) if more else None
 
 
 def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from orchestrator.progress import ExecutionGraph, load_graphs, retry_subtask, sk
 from orchestrator.publish import event_message, execution_update
 from orchestrator.retry import RetryPolicy
 from orchestrator.state_machine import (
+    FINISHED_STATES,
     ExecutionStatus,
     InvalidStateTransition,
     SubtaskStatus,
@@ -46,8 +47,11 @@ def create_execution(
     )
     if plan is None or plan.owner_id != owner_id:
         raise NotFound(f"Plan {plan_id} not found.", plan_id=plan_id)
-    if agent_id is not None and session.get(Agent, agent_id) is None:
-        raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
+    if agent_id is not None:
+        agent = session.get(Agent, agent_id)
+        # Another user's agent is not one's to assign (unowned agents, made by the system, are shared).
+        if agent is None or agent.owner_id not in (None, owner_id):
+            raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
     if not plan.tasks:
         raise ValidationFailed("The plan has no tasks.", plan_id=plan_id)
     undecomposed = [t.id for t in plan.tasks if not t.subtasks]
@@ -179,6 +183,9 @@ def resolve_blocked_task(session: Session, principal: Principal, execution_id: s
     """Answer a BLOCKED task with one of its next-step options and move the execution on."""
     g = owned_graph(session, principal, execution_id)
     ex = g.execution
+    if ex.status in FINISHED_STATES:
+        raise Conflict(f"Execution {execution_id} is {ex.status}; there is nothing left to resolve.",
+                       execution_id=execution_id, status=ex.status)
     task = g.tasks.get(task_ref) or (g.task_of(g.subtasks[task_ref]) if task_ref in g.subtasks else None)
     if task is None:
         raise NotFound(f"Task {task_ref} not found in execution {execution_id}.", task_id=task_ref)

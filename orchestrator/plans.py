@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.credentials import Principal
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from orchestrator.graph import find_cycle, unknown_references
+from orchestrator.graph import find_cycles, unknown_references
 from orchestrator.ids import prefixed
 from orchestrator.models import Plan, PlanSubtask, PlanTask
 from orchestrator.retry import RetryPolicy
@@ -23,6 +23,16 @@ from orchestrator.retry import RetryPolicy
 TASK_FIELDS = ("phase_id", "phase_title", "assignee_role", "estimated_hours", "priority", "is_blocking",
                "decomposed", "decomposition_confidence", "decomposition_notes")
 SUBTASK_FIELDS = ("action", "params", "timeout_hours", "retry_policy", "success_criteria", "failure_handling")
+
+
+def _prerequisites(item: dict[str, Any], canonical: str) -> list[str]:
+    # "prerequisites" is accepted as a shorter name, as in the API's schema.
+    return list(item.get(canonical) or item.get("prerequisites") or [])
+
+
+def _cycle_error(message: str, cycles: list[list[str]]) -> ValidationFailed:
+    # `cycle` is the first; `cycles` has one for each group of ids that wait on each other.
+    return ValidationFailed(message, cycle=cycles[0], cycles=cycles)
 
 
 def validate_plan_data(data: dict[str, Any]) -> None:
@@ -36,22 +46,23 @@ def validate_plan_data(data: dict[str, Any]) -> None:
     if duplicates:
         raise ValidationFailed("Task and subtask ids must be unique within a plan.", duplicate_ids=duplicates)
 
-    task_graph = {t["id"]: list(t.get("prerequisite_task_ids") or []) for t in tasks}
-    sub_graph = {s["id"]: list(s.get("prerequisite_subtask_ids") or []) for t in tasks for s in t.get("subtasks") or []}
+    task_graph = {t["id"]: _prerequisites(t, "prerequisite_task_ids") for t in tasks}
+    sub_graph = {s["id"]: _prerequisites(s, "prerequisite_subtask_ids")
+                 for t in tasks for s in t.get("subtasks") or []}
     unknown = unknown_references(task_graph) | unknown_references(sub_graph)
     if unknown:
         raise ValidationFailed("Prerequisites name ids that are not in the plan.", unknown_prerequisites=unknown)
     for graph, what in ((task_graph, "tasks"), (sub_graph, "subtasks")):
-        if cycle := find_cycle(graph):
-            raise ValidationFailed(f"The {what}' prerequisites form a cycle.", cycle=cycle)
+        if cycles := find_cycles(graph):
+            raise _cycle_error(f"The {what}' prerequisites form a cycle.", cycles)
     # A subtask also waits on every subtask of its task's prerequisite tasks: check that graph too.
     subs_of = {t["id"]: [s["id"] for s in t.get("subtasks") or []] for t in tasks}
     combined = {
         s["id"]: [*sub_graph[s["id"]], *(x for pre in task_graph[t["id"]] for x in subs_of[pre])]
         for t in tasks for s in t.get("subtasks") or []
     }
-    if cycle := find_cycle(combined):
-        raise ValidationFailed("Subtask prerequisites contradict the task order (a cycle).", cycle=cycle)
+    if cycles := find_cycles(combined):
+        raise _cycle_error("Subtask prerequisites contradict the task order (a cycle).", cycles)
     bad_policies = {}
     for t in tasks:
         for s in t.get("subtasks") or []:
@@ -74,7 +85,7 @@ def create_plan(session: Session, owner_id: str, data: dict[str, Any], now: date
         subtasks = t.get("subtasks") or []
         task = PlanTask(
             id=t["id"], title=t["title"], description=t.get("description") or "", position=t_pos,
-            prerequisite_task_ids=list(t.get("prerequisite_task_ids") or []), created_at=now,
+            prerequisite_task_ids=_prerequisites(t, "prerequisite_task_ids"), created_at=now,
             **{k: t[k] for k in TASK_FIELDS if t.get(k) is not None},
         )
         if "decomposed" not in t:
@@ -82,7 +93,7 @@ def create_plan(session: Session, owner_id: str, data: dict[str, Any], now: date
         for s_pos, s in enumerate(subtasks):
             task.subtasks.append(PlanSubtask(
                 plan_id=plan_id, id=s["id"], title=s["title"], position=s_pos, created_at=now,
-                prerequisite_subtask_ids=list(s.get("prerequisite_subtask_ids") or []),
+                prerequisite_subtask_ids=_prerequisites(s, "prerequisite_subtask_ids"),
                 **{k: s[k] for k in SUBTASK_FIELDS if s.get(k) is not None},
             ))
         plan.tasks.append(task)
@@ -135,15 +146,30 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
     return parts
 
 
+def time_cursor(created_at: datetime, row_id: str) -> str:
+    """The opaque cursor of a list ordered newest first by (created_at, id)."""
+    return encode_cursor(created_at.isoformat(), row_id)
+
+
+def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
+    ts, row_id = decode_cursor(cursor, 2)
+    try:
+        at = datetime.fromisoformat(ts)
+    except ValueError as exc:
+        raise ValidationFailed("The cursor is not valid.", cursor=cursor) from exc
+    if at.tzinfo is None:  # our cursors always carry the offset; a naive one was not made here
+        raise ValidationFailed("The cursor is not valid.", cursor=cursor)
+    return at, row_id
+
+
 def list_plans(session: Session, principal: Principal, limit: int, cursor: str | None) -> tuple[list[Plan], str | None]:
     q = select(Plan).order_by(Plan.created_at.desc(), Plan.id.desc()).limit(limit + 1)
     if not principal.is_admin:
         q = q.where(Plan.owner_id == principal.id)
     if cursor:
-        ts, pid = decode_cursor(cursor, 2)
-        at = datetime.fromisoformat(ts)
+        at, pid = decode_time_cursor(cursor)
         q = q.where((Plan.created_at < at) | ((Plan.created_at == at) & (Plan.id < pid)))
     rows = list(session.scalars(q))
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more else None
+    return rows, time_cursor(rows[-1].created_at, rows[-1].id) if more else None

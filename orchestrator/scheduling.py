@@ -39,7 +39,7 @@ class ClaimResult:
 
 
 def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime,
-               passed: set[str]) -> ExecutionSubtask | None:
+               passed: set[str], owner_id: str | None = None) -> ExecutionSubtask | None:
     q = (
         select(ExecutionSubtask)
         .join(Execution, Execution.id == ExecutionSubtask.execution_id)
@@ -55,6 +55,8 @@ def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: d
         .order_by(ExecutionSubtask.priority, Execution.created_at, Execution.id, ExecutionSubtask.position)
         .limit(1)
     )
+    if owner_id is not None:  # an operator's agent works only on that operator's executions
+        q = q.where(Execution.owner_id == owner_id)
     if passed:  # candidates this poll already found unfit once locked
         q = q.where(ExecutionSubtask.id.not_in(sorted(passed)))
     if actions is not None:
@@ -162,7 +164,7 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     claimed: tuple[ExecutionGraph, ExecutionSubtask] | None = None
     passed: set[str] = set()
     for _ in range(0 if forced else MAX_CANDIDATES):
-        sub = _candidate(session, agent_id, actions, now, passed)
+        sub = _candidate(session, agent_id, actions, now, passed, agent.owner_id)
         if sub is None:
             break
         # Lock order: the subtask row (SKIP LOCKED) and then its execution; every other writer locks

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from orchestrator.credentials import issue_credential
-from orchestrator.models import Agent, Plan, PlanSubtask, PlanTask, User
+from orchestrator.models import Agent, Execution, Plan, PlanSubtask, PlanTask, User
 
 
 def make_user(session: Session, username: str | None = None, **kw: Any) -> User:
@@ -49,3 +49,30 @@ def make_plan(session: Session, owner: User, plan_id: str | None = None, n_tasks
     session.add(plan)
     session.flush()
     return plan
+
+
+def make_execution(session: Session, owner: User, plan: Plan | None = None, status: str = "CREATED",
+                   execution_id: str | None = None, **plan_kw: Any) -> Execution:
+    """An execution of `plan` (a new `make_plan` one by default), moved straight to `status`."""
+    from orchestrator.executions import create_execution
+    from orchestrator.models import utcnow
+
+    plan = plan or make_plan(session, owner, **plan_kw)
+    ex = create_execution(session, owner.id, plan.id, utcnow(), execution_id=execution_id)
+    ex.status = status
+    if status not in ("CREATED", "QUEUED"):
+        ex.started_at = utcnow()
+    session.flush()
+    return ex
+
+
+def block_subtask(session: Session, execution_id: str, subtask_id: str, options: list[str] | None = None,
+                  error: str = "Carol's address bounced") -> list[str]:
+    """Block the task of `subtask_id` as an agent's blocking error would, execution BLOCKED; the options offered."""
+    from orchestrator.progress import block_task, load_graphs
+
+    g = load_graphs(session, [execution_id])[execution_id]
+    offered = block_task(g, g.subtasks[subtask_id], error, ["Call Carol"], options)
+    g.execution.status = "BLOCKED"
+    session.flush()
+    return offered

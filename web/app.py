@@ -13,6 +13,7 @@ from orchestrator.embedded_redis import resolved_redis_url
 from orchestrator.ingest import Ingestor
 from orchestrator.settings import Settings
 from web.api import register_api
+from web.dashboard import bp as dashboard_bp
 from web.errors import register_error_handlers
 from web.stream import bp as stream_bp
 from web.stream import sock
@@ -51,5 +52,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     register_api(app)
     app.register_blueprint(stream_bp)
+    app.register_blueprint(dashboard_bp)
     sock.init_app(app)
     return app

@@ -1,22 +1,26 @@
-"""Bearer-token authentication for the API.
+"""Bearer-token authentication for the API, and the dashboard's session login for the same API.
 
 Tokens resolve to a Principal through the database once, then from a small per-process cache for
 `CACHE_SECONDS`, so the event hot path does not open a transaction to authenticate (a revoked key
-stops working within that time).
+stops working within that time). The dashboard's pages call the API with their login session
+instead; since a browser sends that cookie on any site's request, a session-authenticated write must
+also carry the session's CSRF token in `X-CSRF-Token`.
 """
 
 from __future__ import annotations
 
 import functools
+import hmac
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 
 from orchestrator.credentials import Principal, authenticate, hash_token
 from orchestrator.errors import Forbidden, Unauthorized
+from orchestrator.models import User
 
 CACHE_SECONDS = 30.0
 _MAX_ENTRIES = 10_000
@@ -65,7 +69,8 @@ def current_principal() -> Principal:
         return g.principal
     token = bearer_token()
     if token is None:
-        raise Unauthorized("Send an API token: 'Authorization: Bearer <token>'.")
+        g.principal = _session_principal()
+        return g.principal
     key = hash_token(token)
     principal = _cache().get(key)
     if principal is None:
@@ -75,6 +80,27 @@ def current_principal() -> Principal:
             raise Unauthorized("The API token is not valid.")
         _cache().put(key, principal)
     g.principal = principal
+    return principal
+
+
+def _session_principal() -> Principal:
+    """The dashboard user logged in by the Flask session; writes must prove they come from our pages."""
+    user_id = session.get("user_id")
+    if not user_id:
+        raise Unauthorized("Send an API token: 'Authorization: Bearer <token>'.")
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        sent = request.headers.get("X-CSRF-Token", "")
+        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+            raise Forbidden("A session-authenticated write needs the page's X-CSRF-Token header.")
+    key = f"session:{user_id}"
+    principal = _cache().get(key)
+    if principal is None:
+        with current_app.extensions["db"].reading() as s:
+            user = s.get(User, user_id)
+            if user is None or not user.is_active:
+                raise Unauthorized("The login session is no longer valid; log in again.")
+            principal = Principal("user", user.id, user.is_admin)
+        _cache().put(key, principal)
     return principal
 
 

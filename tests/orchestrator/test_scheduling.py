@@ -270,3 +270,11 @@ def test_claim_and_event_worker_lock_in_the_same_order(db) -> None:
     t.join(30)
     assert not errors, errors
     assert result.payload["next_task"]["task_id"] == "task_0_a"
+
+
+def test_an_operators_agent_never_gets_another_operators_work(db) -> None:
+    queued_execution(db, n_subtasks=1)
+    with db.unit_of_work() as s:
+        eve = make_user(s, "eve")
+        make_agent(s, "agent_eves", owner_id=eve.id)
+    assert claim(db, "agent_eves").payload is None

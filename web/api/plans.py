@@ -7,6 +7,7 @@ from flask.typing import ResponseReturnValue
 
 from orchestrator.models import utcnow
 from orchestrator.plans import create_plan, get_plan, list_plans, plan_to_dict
+from orchestrator.publish import iso
 from web.auth import current_principal, require_user
 from web.schemas.executions import ListQuerySchema
 from web.schemas.plans import PlanSchema
@@ -32,8 +33,9 @@ def index() -> ResponseReturnValue:
     q = _list.load(request.args)
     with current_app.extensions["db"].reading() as s:
         plans, cursor = list_plans(s, current_principal(), q["limit"], q["cursor"])
+        # Not plan_to_dict: the listing must not load every plan's tasks and subtasks.
         items = [{"id": p.id, "title": p.title, "goal": p.goal, "source": p.source,
-                  "created_at": plan_to_dict(p)["created_at"]} for p in plans]
+                  "created_at": iso(p.created_at)} for p in plans]
     return jsonify({"plans": items, "next_cursor": cursor})
 
 

@@ -13,9 +13,12 @@ class Capability(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, str) and value:
             return value
-        if isinstance(value, dict) and isinstance(value.get("action"), str) and value["action"] and all(
-                isinstance(p, str) for p in value.get("params") or []) and set(value) <= {"action", "params"}:
-            return value
+        if isinstance(value, dict) and set(value) <= {"action", "params"}:
+            params = value.get("params") or []
+            # A bare string is a sequence too: "to" would become ["t", "o"].
+            if isinstance(value.get("action"), str) and value["action"] and isinstance(params, list) and all(
+                    isinstance(p, str) for p in params):
+                return value
         raise ValidationError('A capability is an action name or {"action": ..., "params": [...]}.')
 
 
