@@ -239,7 +239,7 @@ class _Applier:
 
     def finish(self) -> BatchResult:
         self.session.add_all(self.rows)
-        for agent_id, seen in self.heartbeats.items():
+        for agent_id, seen in sorted(self.heartbeats.items()):  # one lock order across workers
             self.session.execute(
                 update(Agent).where(Agent.id == agent_id).values(last_heartbeat=seen),
                 execution_options={"synchronize_session": False},

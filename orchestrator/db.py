@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.settings import Settings
+
+T = TypeVar("T")
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """A deadlock victim or a serialisation failure: the transaction rolled back whole; try again."""
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("deadlock", "could not serialize", "database is locked", "lock timeout"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -88,6 +98,19 @@ class Database:
             raise
         finally:
             session.close()
+
+    def transaction(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+        """Run `work` in a unit of work, again (from scratch) when the database picked it as a
+        deadlock victim: concurrent claimers and workers lock rows in orders that can cross."""
+        for attempt in range(attempts):
+            try:
+                with self.unit_of_work() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                if attempt == attempts - 1 or not is_transient(exc):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

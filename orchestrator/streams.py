@@ -22,7 +22,7 @@ from redis.exceptions import LockError, ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from orchestrator.apply import BatchResult, Envelope, apply_batch
-from orchestrator.db import Database
+from orchestrator.db import Database, is_transient
 from orchestrator.holds import release_holds
 from orchestrator.ingest import CONSUMER, GROUP, OUTCOME_SECONDS, REPLY_SECONDS, Keys
 from orchestrator.models import utcnow
@@ -151,7 +151,7 @@ class ShardDrainer:
                 # A deadlock, a serialisation failure or a racing duplicate: the batch rolled back
                 # whole, so trying it again is safe; anything else propagates and the entries stay pending.
                 if attempt == 4 or (isinstance(exc, DBAPIError) and not exc.connection_invalidated
-                                    and not _retryable(exc)):
+                                    and not is_transient(exc)):
                     raise
                 log.warning("batch of %d rolled back (%s); retrying", len(envelopes), type(exc.orig).__name__)
                 time.sleep(0.05 * (attempt + 1))
@@ -175,11 +175,6 @@ class ShardDrainer:
                         notice["error_message"], notice["owner_id"], ", ".join(notice["next_step_options"]))
             if self.notify is not None:
                 self.notify(notice)
-
-
-def _retryable(exc: DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return any(s in text for s in ("deadlock", "could not serialize", "database is locked", "lock timeout"))
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:

@@ -18,8 +18,7 @@ bp = Blueprint("work", __name__, url_prefix="/api")
 def poll(agent_id: str) -> ResponseReturnValue:
     raw = request.args.get("supported_actions")
     actions = {a.strip() for a in raw.split(",") if a.strip()} if raw else None
-    with current_app.extensions["db"].unit_of_work() as s:
-        result = claim_work(s, agent_id, actions, utcnow())
+    result = current_app.extensions["db"].transaction(lambda s: claim_work(s, agent_id, actions, utcnow()))
     after_commit(messages=result.messages, transitions=result.transitions, holds=result.holds,
                  released=result.released)
     if result.payload is None:
