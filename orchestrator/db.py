@@ -99,15 +99,17 @@ class Database:
         finally:
             session.close()
 
-    def transaction(self, work: Callable[[Session], T], attempts: int = 3) -> T:
+    def transaction(self, work: Callable[[Session], T], attempts: int = 3,
+                    retry_if: Callable[[DBAPIError], bool] = is_transient) -> T:
         """Run `work` in a unit of work, again (from scratch) when the database picked it as a
-        deadlock victim: concurrent claimers and workers lock rows in orders that can cross."""
+        deadlock victim: concurrent claimers and workers lock rows in orders that can cross.
+        `retry_if` widens what counts as worth another try."""
         for attempt in range(attempts):
             try:
                 with self.unit_of_work() as session:
                     return work(session)
             except DBAPIError as exc:
-                if attempt == attempts - 1 or not is_transient(exc):
+                if attempt == attempts - 1 or not retry_if(exc):
                     raise
                 time.sleep(0.02 * (attempt + 1))
         raise AssertionError("unreachable")

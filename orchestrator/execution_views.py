@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from orchestrator.credentials import Principal
 from orchestrator.errors import NotFound
 from orchestrator.models import Execution, ExecutionEvent, PlanSubtask, PlanTask
-from orchestrator.plans import decode_time_cursor, time_cursor
+from orchestrator.paging import newest_first_page
 from orchestrator.progress import load_graphs
 from orchestrator.publish import iso
 
@@ -65,24 +65,19 @@ def execution_detail(session: Session, principal: Principal, execution_id: str) 
 
 def list_executions(session: Session, principal: Principal, status: str | None, limit: int,
                     cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
-    q = select(Execution).order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1)
+    q = select(Execution)
     if not principal.is_admin:
         q = q.where(Execution.owner_id == principal.id)
     if status:
         q = q.where(Execution.status == status)
-    if cursor:
-        at, eid = decode_time_cursor(cursor)
-        q = q.where((Execution.created_at < at) | ((Execution.created_at == at) & (Execution.id < eid)))
-    rows = list(session.scalars(q))
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = newest_first_page(session, q, Execution, limit, cursor)
     titles = {}
     if rows:
         titles = {(p, t): title for p, t, title in session.execute(
             select(PlanTask.plan_id, PlanTask.id, PlanTask.title).where(
                 PlanTask.plan_id.in_({r.plan_id for r in rows})))}
     items = [summary(r, titles.get((r.plan_id, r.current_task_id))) for r in rows]
-    return items, time_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return items, next_cursor
 
 
 def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:

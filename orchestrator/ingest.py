@@ -176,13 +176,14 @@ class Ingestor:
 
     def outcome(self, event_id: str) -> dict[str, Any] | None:
         """The stored outcome; None while pending or when Redis no longer knows the event."""
+        return self.lookup(event_id)[1]
+
+    def lookup(self, event_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(still pending, stored outcome) in one read; (False, None) when Redis no longer knows it."""
         raw = self.redis.get(self.keys.outcome(event_id))
         if raw is None or raw == PENDING:
-            return None
-        return orjson.loads(raw)
-
-    def is_pending(self, event_id: str) -> bool:
-        return self.redis.get(self.keys.outcome(event_id)) == PENDING
+            return raw == PENDING, None
+        return False, orjson.loads(raw)
 
 
 def held_subtask_from_db(session: Session, execution_id: str, agent_id: str, ref: str) -> str | None:

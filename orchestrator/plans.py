@@ -6,7 +6,6 @@ plan file format's; `plan_to_dict` writes the same shape back, so export and imp
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +17,7 @@ from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.graph import find_cycles, unknown_references
 from orchestrator.ids import prefixed
 from orchestrator.models import Plan, PlanSubtask, PlanTask
+from orchestrator.paging import newest_first_page
 from orchestrator.retry import RetryPolicy
 
 TASK_FIELDS = ("phase_id", "phase_title", "assignee_role", "estimated_hours", "priority", "is_blocking",
@@ -132,44 +132,8 @@ def get_plan(session: Session, principal: Principal, plan_id: str) -> Plan:
     return plan
 
 
-def encode_cursor(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
-
-
-def decode_cursor(cursor: str, n: int) -> list[str]:
-    try:
-        parts = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("The cursor is not valid.", cursor=cursor) from exc
-    if len(parts) != n:
-        raise ValidationFailed("The cursor is not valid.", cursor=cursor)
-    return parts
-
-
-def time_cursor(created_at: datetime, row_id: str) -> str:
-    """The opaque cursor of a list ordered newest first by (created_at, id)."""
-    return encode_cursor(created_at.isoformat(), row_id)
-
-
-def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
-    ts, row_id = decode_cursor(cursor, 2)
-    try:
-        at = datetime.fromisoformat(ts)
-    except ValueError as exc:
-        raise ValidationFailed("The cursor is not valid.", cursor=cursor) from exc
-    if at.tzinfo is None:  # our cursors always carry the offset; a naive one was not made here
-        raise ValidationFailed("The cursor is not valid.", cursor=cursor)
-    return at, row_id
-
-
 def list_plans(session: Session, principal: Principal, limit: int, cursor: str | None) -> tuple[list[Plan], str | None]:
-    q = select(Plan).order_by(Plan.created_at.desc(), Plan.id.desc()).limit(limit + 1)
+    q = select(Plan)
     if not principal.is_admin:
         q = q.where(Plan.owner_id == principal.id)
-    if cursor:
-        at, pid = decode_time_cursor(cursor)
-        q = q.where((Plan.created_at < at) | ((Plan.created_at == at) & (Plan.id < pid)))
-    rows = list(session.scalars(q))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, time_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return newest_first_page(session, q, Plan, limit, cursor)

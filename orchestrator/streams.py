@@ -143,19 +143,10 @@ class ShardDrainer:
                 return
 
     def _apply_with_retry(self, envelopes: list[Envelope]) -> BatchResult:
-        for attempt in range(5):
-            try:
-                with self.db.unit_of_work() as session:
-                    return apply_batch(session, envelopes, utcnow())
-            except (IntegrityError, DBAPIError) as exc:
-                # A deadlock, a serialisation failure or a racing duplicate: the batch rolled back
-                # whole, so trying it again is safe; anything else propagates and the entries stay pending.
-                if attempt == 4 or (isinstance(exc, DBAPIError) and not exc.connection_invalidated
-                                    and not is_transient(exc)):
-                    raise
-                log.warning("batch of %d rolled back (%s); retrying", len(envelopes), type(exc.orig).__name__)
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
+        # The batch rolls back whole, so another try is safe after a deadlock, a lost connection or a
+        # racing duplicate insert; anything else propagates and the entries stay pending.
+        return self.db.transaction(lambda session: apply_batch(session, envelopes, utcnow()), attempts=5,
+                                   retry_if=_worth_retrying)
 
     def _after_commit(self, result: BatchResult) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -175,6 +166,10 @@ class ShardDrainer:
                         notice["error_message"], notice["owner_id"], ", ".join(notice["next_step_options"]))
             if self.notify is not None:
                 self.notify(notice)
+
+
+def _worth_retrying(exc: DBAPIError) -> bool:
+    return isinstance(exc, IntegrityError) or exc.connection_invalidated or is_transient(exc)
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:

@@ -12,6 +12,7 @@ from orchestrator.credentials import issue_credential
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, User
 from orchestrator.publish import channel
 from tests.factories import block_subtask, make_agent, make_execution, make_plan, make_user_with_token
+from tests.web.helpers import assert_error
 
 EXEC = "exec_1"
 
@@ -31,15 +32,6 @@ def auth(db):
         _, agent_key = issue_credential(s, agent_id="agent_mark")
     return {name: {"Authorization": f"Bearer {tok}"}
             for name, tok in (("mark", token), ("eve", eve_token), ("admin", admin), ("agent", agent_key))}
-
-
-def assert_error(resp, status: int, code: str | None = None) -> dict:
-    assert resp.status_code == status, resp.get_json()
-    err = resp.get_json()["error"]
-    assert isinstance(err["code"], str) and isinstance(err["message"], str)
-    if code:
-        assert err["code"] == code
-    return err
 
 
 def written(db) -> tuple[int, int, int]:

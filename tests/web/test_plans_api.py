@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from orchestrator.credentials import issue_credential
 from orchestrator.models import Plan, PlanSubtask, PlanTask
 from tests.factories import make_agent, make_user_with_token
+from tests.web.helpers import assert_error
 
 
 @pytest.fixture
@@ -20,15 +21,6 @@ def auth(db):
         _, agent_key = issue_credential(s, agent_id=make_agent(s, "agent_x").id)
     return {name: {"Authorization": f"Bearer {tok}"}
             for name, tok in (("mark", token), ("eve", eve), ("admin", admin), ("agent", agent_key))}
-
-
-def assert_error(resp, status: int, code: str | None = None) -> dict:
-    assert resp.status_code == status, resp.get_json()
-    err = resp.get_json()["error"]
-    assert isinstance(err["code"], str) and isinstance(err["message"], str)
-    if code:
-        assert err["code"] == code
-    return err
 
 
 def counts(db) -> tuple[int, int, int]:

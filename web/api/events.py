@@ -29,10 +29,6 @@ def _ingestor() -> Ingestor:
     return current_app.extensions["ingestor"]
 
 
-def _json_body() -> Any:
-    return request.get_json(force=False)
-
-
 def _check_hold(execution_id: str, agent_id: str, body: dict[str, Any]) -> None:
     """Raise NotHolder unless the agent holds the subtask the event is about (heartbeats need not)."""
     if body["event_type"] == "heartbeat":
@@ -71,7 +67,7 @@ def _outcome_response(accepted: Accepted, outcome: dict[str, Any] | None) -> Res
 @bp.post("/executions/<execution_id>/events")
 @require_agent
 def post_event(execution_id: str) -> ResponseReturnValue:
-    body = _event_schema.load(_json_body() or {})
+    body = _event_schema.load(request.get_json() or {})
     agent_id = current_principal().id
     if body["agent_id"] != agent_id:
         raise Forbidden("agent_id must be the agent whose key signs the request.")
@@ -92,7 +88,7 @@ def post_event(execution_id: str) -> ResponseReturnValue:
 @require_agent
 def post_batch() -> ResponseReturnValue:
     """Up to 1,000 events, any executions, accepted all together or not at all; answers 202 at once."""
-    items = _batch_schema.load(_json_body() or {})["events"]
+    items = _batch_schema.load(request.get_json() or {})["events"]
     agent_id = current_principal().id
     refused: list[dict[str, Any]] = []
     for index, body in enumerate(items):
@@ -119,8 +115,8 @@ def get_event_outcome(event_id: str) -> ResponseReturnValue:
     """What became of an accepted event: 202 while pending, 200 with its outcome once applied."""
     principal = current_principal()
     ingestor = _ingestor()
-    outcome = ingestor.outcome(event_id)
-    if outcome is None and ingestor.is_pending(event_id):
+    pending, outcome = ingestor.lookup(event_id)
+    if pending:
         return jsonify({"event_id": event_id, "state": "pending"}), 202
     with current_app.extensions["db"].reading() as session:
         if outcome is None:
