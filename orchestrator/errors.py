@@ -30,6 +30,15 @@ class ValidationFailed(DomainError):
     code = "validation_failed"
 
 
+class UnstorableValue(ValidationFailed):
+    """Input that parses but cannot be stored or serialised (a NUL, a 2**70, NaN, deep nesting...).
+
+    Raised by `orchestrator.payload_limits.check_storable`; details name the field path.
+    """
+
+    code = "unstorable_value"
+
+
 class Forbidden(DomainError):
     code = "forbidden"
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.ids import is_valid_id
 
 M = TypeVar("M")
 
@@ -36,10 +37,12 @@ def time_cursor(created_at: datetime, row_id: str) -> str:
 def decode_time_cursor(cursor: str) -> tuple[datetime, str]:
     ts, row_id = decode_cursor(cursor, 2)
     try:
-        at = datetime.fromisoformat(ts)
-    except ValueError as exc:
+        at = datetime.fromisoformat(ts).astimezone(UTC)
+        # our cursors always carry the offset and an id; anything else was not made here
+        valid = datetime.fromisoformat(ts).tzinfo is not None and is_valid_id(row_id)
+    except (ValueError, OverflowError) as exc:  # year 1 at +01:00 overflows on the way to UTC
         raise ValidationFailed("The cursor is not valid.", cursor=cursor) from exc
-    if at.tzinfo is None:  # our cursors always carry the offset; a naive one was not made here
+    if not valid:
         raise ValidationFailed("The cursor is not valid.", cursor=cursor)
     return at, row_id
 

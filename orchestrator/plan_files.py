@@ -13,9 +13,25 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.payload_limits import check_storable
 
 SERVER_FIELDS = ("owner_id", "created_at", "source")
 FORMATS = ("yaml", "json")
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that an unquoted date (`due: 2024-05-01`) stays the text written.
+
+    A plan is JSON data: a date object could not be stored as it is, and turning it back into text
+    could change how it reads (`2024-05-01 10:00` would come back as `2024-05-01 10:00:00`). An explicit
+    `!!timestamp`, `!!binary` or `!!set` is refused by `check_storable`, naming the field.
+    """
+
+
+_PlanLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def format_for(filename: str | None) -> str | None:
@@ -24,17 +40,25 @@ def format_for(filename: str | None) -> str | None:
 
 
 def load_plan_text(text: str | bytes, fmt: str | None = None, name: str = "plan file") -> dict[str, Any]:
-    """The plan data in `text`; ValidationFailed (naming the file) when it is not a YAML/JSON object."""
+    """The plan data in `text`; ValidationFailed (naming the file) when it is not a YAML/JSON object.
+
+    Anything that parses but could not be stored (a NUL, an integer past 64 bits, NaN, a YAML date
+    tagged !!timestamp...) is refused here, naming the file and the field: see `check_storable`.
+    """
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ValidationFailed(f"{name} is not UTF-8 text.", file=name) from exc
+    what = "JSON" if fmt == "json" else "YAML or JSON"
     try:
-        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+        # yaml.load with a SafeLoader subclass is as safe as yaml.safe_load: no Python objects are built.
+        data = json.loads(text) if fmt == "json" else yaml.load(text, Loader=_PlanLoader)
     except (ValueError, yaml.YAMLError) as exc:
-        what = "JSON" if fmt == "json" else "YAML or JSON"
         raise ValidationFailed(f"{name} is not valid {what}: {str(exc).splitlines()[0]}", file=name) from exc
+    except RecursionError as exc:  # both parsers recurse per level of nesting
+        raise ValidationFailed(f"{name} is not valid {what}: it nests too deeply.", file=name) from exc
+    check_storable(data, origin=name)
     if isinstance(data, dict) and isinstance(data.get("plan"), dict) and "goal" not in data:
         data = data["plan"]  # a file may wrap the plan as {"plan": {...}}
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@
 | NOTIFY_WEBHOOK_SECRET | SECRET_KEY | HMAC-SHA256 key of the `X-Orchestrator-Signature` header |
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
+| MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
 | LOG_LEVEL | INFO | |
 
 The decomposer's settings (DECOMPOSER, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL, LLM_TIMEOUT_SECONDS,
@@ -78,6 +79,7 @@ class Settings:
     heartbeat_window_seconds: int
     sweep_interval_seconds: int
     log_level: str
+    max_body_bytes: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
+            max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),
         )
 
     def replace(self, **changes: object) -> Settings:

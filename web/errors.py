@@ -1,7 +1,9 @@
 """One error handler, one JSON shape: {"error": {"code", "message", "details"}}.
 
 Domain errors map to their status here and nowhere else; anything unexpected is logged with its
-stack trace and answered with a bare 500, so no internals reach a client.
+stack trace and answered with a bare 500, so no internals reach a client. Bad input: 400 for a body
+that does not parse, 413 for one past MAX_CONTENT_LENGTH, 422 for one that parses but breaks a schema,
+a storage limit (`UnstorableValue`) or a domain rule.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -35,6 +37,21 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
     return jsonify(body), status
 
 
+def _description(exc: HTTPException) -> str:
+    # Flask re-raises a body that does not parse as a bare BadRequest; Werkzeug's own, its cause,
+    # says where the JSON broke (orjson's messages give a position, never the body's text).
+    cause = exc.__cause__
+    if isinstance(cause, HTTPException) and cause.code == exc.code and cause.description:
+        return cause.description
+    return exc.description or exc.name
+
+
+def _http_details(exc: HTTPException) -> dict[str, Any] | None:
+    if exc.code == 413:
+        return {"max_bytes": current_app.config.get("MAX_CONTENT_LENGTH")}
+    return None
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def _domain(exc: DomainError) -> ResponseReturnValue:
@@ -47,12 +64,13 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _invalid(exc: ValidationError) -> ResponseReturnValue:
-        return error_response(400, "invalid_request", "The request body is not valid.", exc.messages)
+        # 422, like every input that parses but breaks a rule; 400 is kept for bodies that do not parse.
+        return error_response(422, "invalid_request", "The request is not valid.", exc.messages)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        return error_response(exc.code or 500, code, _description(exc), _http_details(exc))
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: redis.RedisError) -> ResponseReturnValue:

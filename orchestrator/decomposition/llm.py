@@ -18,6 +18,8 @@ import requests
 from orchestrator.decomposition import DecompositionRequest, DecompositionResult, normalise_subtasks
 from orchestrator.decomposition.confidence import ConfidenceInputs, agreement_base, compute_confidence
 from orchestrator.decomposition.templates import TemplateDecomposer, match_template
+from orchestrator.errors import UnstorableValue
+from orchestrator.payload_limits import check_storable
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,13 @@ def parse_reply(body: Any) -> dict[str, Any]:
         text = text.strip("`").removeprefix("json").strip()
     try:
         data = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidReply(f"the message content is not JSON ({exc})") from exc
+    try:
+        # The reply's params become stored plan data, so a model's NUL or 2**70 is refused like a client's.
+        check_storable(data)
+    except UnstorableValue as exc:
+        raise InvalidReply(f"the JSON cannot be stored: {exc.message}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("decomposed_subtasks"), list):
         raise InvalidReply("the JSON has no decomposed_subtasks list")
     if not data["decomposed_subtasks"]:
@@ -112,7 +119,7 @@ class LLMDecomposer:
         resp.raise_for_status()
         try:
             body = resp.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidReply("the response is not JSON") from exc
         return parse_reply(body)
 

@@ -86,3 +86,13 @@ def test_bad_input_is_a_validation_error(tmp_path: Path) -> None:
         planexe_to_plan({"002-wbs_level2.json": json.dumps([{"major_phase_title": "no id"}])})
     with pytest.raises(ValidationFailed, match="does not exist"):
         read_folder(tmp_path / "missing")
+
+
+def test_a_duration_too_large_for_hours_is_skipped_with_a_warning() -> None:
+    files = read_folder(FIXTURE)
+    durations = json.loads(files["021-task_durations.json"])
+    durations[0]["days_realistic"] = 1e308  # times 8 hours is infinite
+    files["021-task_durations.json"] = json.dumps(durations)
+    data, warnings = planexe_to_plan(files)
+    task = next(t for t in data["tasks"] if t["id"] == durations[0]["task_id"])
+    assert task.get("estimated_hours") is None and any("1e+308" in w for w in warnings)

@@ -86,9 +86,9 @@ def test_listing_and_reading_are_scoped(client, auth) -> None:
     ({"name": "x", "id": "has space"}, "id"),
     ({"name": "x", "api_key": "mine"}, "api_key"),
 ])
-def test_bad_registrations_are_400_and_write_nothing(client, auth, db, body, field) -> None:
+def test_bad_registrations_are_422_and_write_nothing(client, auth, db, body, field) -> None:
     before = n_agents(db)
-    err = assert_error(client.post("/api/agents", json=body, headers=auth["mark"]), 400, "invalid_request")
+    err = assert_error(client.post("/api/agents", json=body, headers=auth["mark"]), 422, "invalid_request")
     assert field in err["details"]
     assert n_agents(db) == before
 

@@ -53,7 +53,7 @@ def test_who_may_ask(client, auth) -> None:
                        headers=auth["other_agent"]).status_code == 404
     assert client.post("/api/agents/agent_larry/decompose", json=GUIDE_REQUEST, headers=auth["eve"]).status_code == 404
     assert client.post("/api/agents/agent_larry/decompose", json=GUIDE_REQUEST).status_code == 401
-    assert client.post("/api/agents/agent_larry/decompose", json={"task": {}}, headers=auth["mark"]).status_code == 400
+    assert client.post("/api/agents/agent_larry/decompose", json={"task": {}}, headers=auth["mark"]).status_code == 422
 
 
 def test_requested_capabilities_cannot_exceed_registered_ones(client, auth) -> None:
@@ -116,8 +116,8 @@ def test_operator_stores_an_edited_decomposition(client, auth, db) -> None:
       {"subtask_id": "b", "title": "B", "action": "send_email", "depends_on": ["a"]}], 422),
     ([{"subtask_id": "a", "title": "A", "action": "send_email", "depends_on": ["ghost"]}], 422),
     ([{"subtask_id": "task_0_a", "title": "A", "action": "send_email"}], 422),  # id of another task's subtask
-    ([{"title": "no id"}], 400),
-    ([], 400),
+    ([{"title": "no id"}], 422),
+    ([], 422),
 ])
 def test_bad_decompositions_write_nothing(client, auth, db, subtasks, status) -> None:
     resp = client.post("/api/plans/plan_1/tasks/task_1_1/decomposition", json={"decomposed_subtasks": subtasks},
@@ -176,11 +176,11 @@ def test_import_our_plan_file(client, auth) -> None:
         {"id": "a", "title": "A", "prerequisites": ["zzz"]}]})}}, 422),  # unknown ids
     ({"format": "plan", "files": {"p.json": "{not json"}}, 422),
     ({"format": "plan", "files": {"p.yaml": "- just\n- a list\n"}}, 422),
-    ({"format": "plan", "files": {"p.json": json.dumps({"tasks": []})}}, 400),  # no goal
+    ({"format": "plan", "files": {"p.json": json.dumps({"tasks": []})}}, 422),  # no goal
     ({"format": "planexe", "files": {"001-wbs_level1.json": "{}"}}, 422),  # missing files
     ({"format": "planexe", "files": {"002-wbs_level2.json": "[oops"}}, 422),
-    ({"format": "nope", "files": {"a": "b"}}, 400),
-    ({"files": {}}, 400),
+    ({"format": "nope", "files": {"a": "b"}}, 422),
+    ({"files": {}}, 422),
 ])
 def test_bad_imports_are_4xx_and_write_nothing(client, auth, db, body, status) -> None:
     before = n_plans(db)

@@ -69,8 +69,8 @@ def test_create(client, auth, db) -> None:
     ({"plan_id": "plan_mark", "agent_id": "agent_eve"}, "mark", 404, "not_found"),
     ({"plan_id": "plan_mark", "agent_id": "agent_none"}, "mark", 404, "not_found"),
     ({"plan_id": "plan_later"}, "mark", 422, "validation_failed"),
-    ({}, "mark", 400, "invalid_request"),
-    ({"plan_id": "plan_mark", "status": "RUNNING"}, "mark", 400, "invalid_request"),
+    ({}, "mark", 422, "invalid_request"),
+    ({"plan_id": "plan_mark", "status": "RUNNING"}, "mark", 422, "invalid_request"),
     ({"plan_id": "plan_mark"}, "agent", 403, "forbidden"),
     ({"plan_id": "plan_mark"}, None, 401, "unauthorized"),
 ])
@@ -139,7 +139,7 @@ def test_pause_resume_cancel(client, auth, db, redis, app, caplog) -> None:
 def test_patch_refusals(client, auth) -> None:
     start(client, auth)
     for body in ({"status": "DONE"}, {"status": "COMPLETED"}, {}, {"status": "QUEUED", "reason": "x"}):
-        assert_error(client.patch(f"/api/executions/{EXEC}", json=body, headers=auth["mark"]), 400, "invalid_request")
+        assert_error(client.patch(f"/api/executions/{EXEC}", json=body, headers=auth["mark"]), 422, "invalid_request")
     assert_error(client.patch(f"/api/executions/{EXEC}", json={"status": "QUEUED"}, headers=auth["eve"]), 404)
     assert_error(client.patch("/api/executions/exec_none", json={"status": "QUEUED"}, headers=auth["mark"]), 404)
     assert_error(client.patch(f"/api/executions/{EXEC}", json={"status": "QUEUED"}, headers=auth["agent"]), 403)
@@ -161,7 +161,7 @@ def test_list_and_detail(client, auth, db) -> None:
     assert [e["execution_id"] for e in queued] == ["exec_1"]
     assert len(client.get("/api/executions", headers=auth["admin"]).get_json()["executions"]) == 4
     for bad in ("status=DONE", "limit=0", "limit=201", "limit=x", "colour=red"):
-        assert_error(client.get(f"/api/executions?{bad}", headers=auth["mark"]), 400, "invalid_request")
+        assert_error(client.get(f"/api/executions?{bad}", headers=auth["mark"]), 422, "invalid_request")
     assert_error(client.get("/api/executions?cursor=eHx5", headers=auth["mark"]), 422, "validation_failed")
 
     detail = client.get("/api/executions/exec_1", headers=auth["mark"]).get_json()
@@ -185,7 +185,7 @@ def test_events_page_newest_first(client, auth) -> None:
     assert all(e["source"] == "user" and e["timestamp"].endswith("Z") for e in first["events"])
     rest = client.get(f"{url}?limit=2&before={first['next_before']}", headers=auth["mark"]).get_json()
     assert ([e["event_type"] for e in rest["events"]], rest["next_before"]) == (["execution_created"], None)
-    assert_error(client.get(f"{url}?limit=0", headers=auth["mark"]), 400, "invalid_request")
+    assert_error(client.get(f"{url}?limit=0", headers=auth["mark"]), 422, "invalid_request")
     assert_error(client.get(f"{url}?before=evt_none", headers=auth["mark"]), 404, "not_found")
     assert_error(client.get(url, headers=auth["eve"]), 404, "not_found")
 
@@ -241,7 +241,7 @@ def test_resolve_refusals(client, auth, db) -> None:
     assert_error(resolve(client, auth, {"option": "skip_task"}, task="task_9"), 404, "not_found")
     assert_error(resolve(client, auth, {"option": "skip_task"}, who="eve"), 404, "not_found")
     assert_error(resolve(client, auth, {"option": "skip_task"}, who="agent"), 403, "forbidden")
-    assert_error(resolve(client, auth, {}), 400, "invalid_request")
-    assert_error(resolve(client, auth, {"option": "approve_alternative", "params": ["x"]}), 400, "invalid_request")
+    assert_error(resolve(client, auth, {}), 422, "invalid_request")
+    assert_error(resolve(client, auth, {"option": "approve_alternative", "params": ["x"]}), 422, "invalid_request")
     assert written(db) == before
     assert client.get(f"/api/executions/{EXEC}", headers=auth["mark"]).get_json()["status"] == "BLOCKED"

@@ -67,14 +67,14 @@ def test_bad_plans_are_422_naming_the_ids(client, auth, db, tasks, detail_key, i
 
 
 def test_malformed_requests(client, auth, db) -> None:
-    assert client.post("/api/plans", json={"tasks": []}, headers=auth["mark"]).status_code == 400
+    assert client.post("/api/plans", json={"tasks": []}, headers=auth["mark"]).status_code == 422
     resp = client.post("/api/plans", data="not json", headers={**auth["mark"], "Content-Type": "application/json"})
     assert resp.status_code == 400 and resp.get_json()["error"]["code"] == "bad_request"
     assert client.post("/api/plans", json=plan([]), headers=auth["agent"]).status_code == 403
     assert client.post("/api/plans", json=plan([])).status_code == 401
     assert client.post("/api/plans", json=plan([]), headers={"Authorization": "Bearer nope"}).status_code == 401
     bad_policy = plan([{"id": "t", "title": "T", "subtasks": [sub("a", retry_policy={"backoff": "random"})]}])
-    assert client.post("/api/plans", json=bad_policy, headers=auth["mark"]).status_code == 400
+    assert client.post("/api/plans", json=bad_policy, headers=auth["mark"]).status_code == 422
     assert n_plans(db) == 0
 
 
@@ -89,12 +89,12 @@ def test_executions_lifecycle_errors(client, auth) -> None:
     assert resp.status_code == 201 and resp.get_json()["tasks"][0]["subtasks"][0]["status"] == "QUEUED"
     bad = client.patch("/api/executions/exec_1", json={"status": "RUNNING"}, headers=auth["mark"])
     assert bad.status_code == 409 and bad.get_json()["error"]["code"] == "invalid_transition"
-    assert client.patch("/api/executions/exec_1", json={"status": "DONE"}, headers=auth["mark"]).status_code == 400
+    assert client.patch("/api/executions/exec_1", json={"status": "DONE"}, headers=auth["mark"]).status_code == 422
     assert client.patch("/api/executions/exec_1", json={"status": "QUEUED"}, headers=auth["eve"]).status_code == 404
     assert client.patch("/api/executions/exec_1", json={"status": "QUEUED"}, headers=auth["mark"]).status_code == 200
     listing = client.get("/api/executions?status=QUEUED", headers=auth["mark"]).get_json()
     assert [e["execution_id"] for e in listing["executions"]] == ["exec_1"]
-    assert client.get("/api/executions?limit=0", headers=auth["mark"]).status_code == 400
+    assert client.get("/api/executions?limit=0", headers=auth["mark"]).status_code == 422
     assert client.get("/api/executions?cursor=%%%", headers=auth["mark"]).status_code in (400, 422)
     resolve = client.post("/api/executions/exec_1/tasks/t/resolve", json={"option": "skip_task"},
                           headers=auth["mark"])
@@ -116,7 +116,7 @@ def test_agent_registration(client, auth) -> None:
                                     {"action": "make_phone_call", "params": ["number"]}]
     listed = client.get("/api/agents", headers=auth["mark"]).get_json()["agents"]
     assert "api_key" not in listed[0] and listed[0]["holding"] == []
-    assert client.post("/api/agents", json={"name": "x", "capabilities": [3]}, headers=auth["mark"]).status_code == 400
+    assert client.post("/api/agents", json={"name": "x", "capabilities": [3]}, headers=auth["mark"]).status_code == 422
     work = client.get(f"/api/agents/{body['id']}/work", headers={"Authorization": f"Bearer {body['api_key']}"})
     assert work.status_code == 204
     assert client.get(f"/api/agents/{body['id']}/work", headers=auth["agent"]).status_code == 403

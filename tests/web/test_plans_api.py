@@ -92,8 +92,8 @@ def test_list_pages_and_scopes(client, auth) -> None:
     assert len(client.get("/api/plans", headers=auth["admin"]).get_json()["plans"]) == 4
     assert_error(client.get("/api/plans/plan_0", headers=auth["eve"]), 404, "not_found")
     assert client.get("/api/plans/plan_0", headers=auth["admin"]).status_code == 200
-    assert_error(client.get("/api/plans?limit=0", headers=auth["mark"]), 400, "invalid_request")
-    assert_error(client.get("/api/plans?limit=201", headers=auth["mark"]), 400, "invalid_request")
+    assert_error(client.get("/api/plans?limit=0", headers=auth["mark"]), 422, "invalid_request")
+    assert_error(client.get("/api/plans?limit=201", headers=auth["mark"]), 422, "invalid_request")
     assert_error(client.get("/api/plans?cursor=eHx5", headers=auth["mark"]), 422, "validation_failed")
 
 
@@ -130,8 +130,8 @@ def test_graph_errors_are_422_naming_the_ids(client, auth, db, tasks, details) -
     ({"goal": "g", "tasks": [task("t", subs=[sub("a", timeout_hours=0)])]}, "tasks"),
     ({"goal": "g", "tasks": [task("t", prerequisite_task_ids=["x"])]}, "tasks"),  # both names at once
 ])
-def test_malformed_plans_are_400_and_write_nothing(client, auth, db, body, field) -> None:
-    err = assert_error(client.post("/api/plans", json=body, headers=auth["mark"]), 400, "invalid_request")
+def test_malformed_plans_are_422_and_write_nothing(client, auth, db, body, field) -> None:
+    err = assert_error(client.post("/api/plans", json=body, headers=auth["mark"]), 422, "invalid_request")
     assert field in err["details"]
     assert counts(db) == (0, 0, 0)
 

@@ -14,6 +14,7 @@ from marshmallow import Schema, fields, validate
 
 from orchestrator.errors import ValidationFailed
 from orchestrator.models import utcnow
+from orchestrator.payload_limits import check_storable
 from orchestrator.plan_files import format_for, load_plan_text
 from orchestrator.planexe import looks_like_planexe, planexe_to_plan
 from orchestrator.plans import create_plan, plan_to_dict
@@ -36,7 +37,11 @@ _plan = PlanSchema()
 
 
 def plan_data_from_files(files: dict[str, str | bytes], fmt: str | None) -> tuple[dict[str, Any], list[str], str]:
-    """(plan data validated by the plans API's schema, warnings, source). Shared with the CLI."""
+    """(plan data validated by the plans API's schema, warnings, source). Shared with the CLI.
+
+    Raises ValidationFailed (UnstorableValue for a NUL, a 2**70, NaN... naming the file and field) or
+    marshmallow's ValidationError before anything is written.
+    """
     fmt = fmt or ("planexe" if looks_like_planexe(list(files)) else "plan")
     if fmt == "planexe":
         data, warnings = planexe_to_plan(files)
@@ -46,6 +51,8 @@ def plan_data_from_files(files: dict[str, str | bytes], fmt: str | None) -> tupl
             raise ValidationFailed("A plan file import takes exactly one file.", files=sorted(files))
         (name, content), = files.items()
         data, warnings, source = load_plan_text(content, format_for(name), name), [], "file"
+    # The files were checked as parsed; this covers what the PlanExe conversion derived from them.
+    check_storable(data)
     return _plan.load(data), warnings, source
 
 

@@ -9,15 +9,16 @@ from orchestrator.models import utcnow
 from orchestrator.scheduling import claim_work
 from web.auth import require_agent
 from web.effects import after_commit
+from web.schemas.agents import PollQuerySchema
 
 bp = Blueprint("work", __name__, url_prefix="/api")
+_query = PollQuerySchema()
 
 
 @bp.get("/agents/<agent_id>/work")
 @require_agent
 def poll(agent_id: str) -> ResponseReturnValue:
-    raw = request.args.get("supported_actions")
-    actions = {a.strip() for a in raw.split(",") if a.strip()} if raw else None
+    actions = _query.load(request.args)["supported_actions"]
     result = current_app.extensions["db"].transaction(lambda s: claim_work(s, agent_id, actions, utcnow()))
     after_commit(messages=result.messages, transitions=result.transitions, holds=result.holds,
                  released=result.released)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from web.schemas.plans import ID
 
@@ -29,3 +29,23 @@ class AgentSchema(Schema):
     capabilities = fields.List(Capability(), load_default=list, validate=validate.Length(max=500))
     webhook_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"})
     poll_endpoint = fields.String(load_default=None, allow_none=True)
+
+
+ACTION = validate.Regexp(r"^[^\x00-\x1f,]{1,120}$", error="An action name: 1 to 120 characters, no commas or controls.")
+
+
+class PollQuerySchema(Schema):
+    """`GET /api/agents/{id}/work?supported_actions=send_email,make_phone_call`."""
+
+    supported_actions = fields.String(load_default=None, validate=validate.Length(max=10_000))
+
+    @post_load
+    def _split(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        raw = data["supported_actions"]
+        actions = {a.strip() for a in raw.split(",") if a.strip()} if raw else None
+        try:
+            for action in actions or ():
+                ACTION(action)
+        except ValidationError as exc:
+            raise ValidationError(exc.messages, "supported_actions") from exc
+        return {"supported_actions": actions}

@@ -29,6 +29,8 @@ class ListQuerySchema(Schema):
 
 
 class EventsQuerySchema(Schema):
+    # Both reach a SQL comparison: their alphabets keep a NUL (a 500 from PostgreSQL) out.
     limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
-    before = fields.String(load_default=None)
-    event_type = fields.String(load_default=None)
+    before = fields.String(load_default=None, validate=ID)
+    event_type = fields.String(load_default=None, validate=validate.Regexp(
+        r"^[a-z][a-z0-9_]{0,63}$", error="Use a snake_case event type."))
