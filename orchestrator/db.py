@@ -8,9 +8,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from orchestrator import event_positions
+from orchestrator.errors import Conflict
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
@@ -75,6 +77,8 @@ class Database:
         self.settings = settings
         self.engine = make_engine(settings.database_url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Every committing session numbers the events it wrote, in commit order, as it commits.
+        event_positions.install(self._sessions)
         # On SQLite, readers get their own engine so that they never queue behind the write lock.
         self._read_engine = (
             make_engine(settings.database_url, immediate=False) if self.engine.dialect.name == "sqlite"
@@ -88,7 +92,10 @@ class Database:
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
-        """A session whose work commits when the block ends and rolls back if it raises."""
+        """A session whose work commits when the block ends and rolls back if it raises.
+
+        The commit first gives the events the block inserted their positions (`ExecutionEvent.seq`,
+        `orchestrator/event_positions.py`); they are readable on the rows after the block."""
         session = self._sessions()
         try:
             yield session
@@ -127,3 +134,22 @@ class Database:
     def dispose(self) -> None:
         self.engine.dispose()
         self._read_engine.dispose()
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    # psycopg names the SQLSTATE; sqlite3 only says it in the message.
+    return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
+
+
+def flush_new(session: Session, conflict: Conflict) -> None:
+    """Flush rows just added under keys checked to be free. Another transaction may have inserted the same
+    key since that check (two creates racing on PostgreSQL); its unique violation becomes `conflict` rather
+    than a 500. The session's transaction is then unusable, which is fine: the caller's unit of work rolls
+    back on the raise."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if not _is_unique_violation(exc):
+            raise
+        raise conflict from exc

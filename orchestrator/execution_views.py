@@ -93,19 +93,22 @@ def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:
 
 def list_events(session: Session, principal: Principal, execution_id: str, limit: int, before: str | None,
                 event_type: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first; `before` is the last event id of the previous page."""
+    """Newest first in commit order (`seq`); `before` is the last event id of the previous page."""
     if not _visible(session.get(Execution, execution_id), principal):
         raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    # A NULL seq (an uncommitted row: never visible here) would sort as the newest, then by id.
     q = (select(ExecutionEvent).where(ExecutionEvent.execution_id == execution_id)
-         .order_by(ExecutionEvent.timestamp.desc(), ExecutionEvent.id.desc()).limit(limit + 1))
+         .order_by(ExecutionEvent.seq.desc().nulls_first(), ExecutionEvent.id.desc()).limit(limit + 1))
     if event_type:
         q = q.where(ExecutionEvent.event_type == event_type)
     if before:
         pivot = session.get(ExecutionEvent, before)
         if pivot is None or pivot.execution_id != execution_id:
             raise NotFound(f"Event {before} not found.", event_id=before)
-        q = q.where((ExecutionEvent.timestamp < pivot.timestamp)
-                    | ((ExecutionEvent.timestamp == pivot.timestamp) & (ExecutionEvent.id < pivot.id)))
+        if pivot.seq is None:
+            q = q.where(ExecutionEvent.seq.is_not(None) | (ExecutionEvent.id < pivot.id))
+        else:
+            q = q.where(ExecutionEvent.seq < pivot.seq)
     rows = list(session.scalars(q))
     more = len(rows) > limit
     rows = rows[:limit]

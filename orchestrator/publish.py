@@ -1,8 +1,22 @@
 """Messages for the live stream (guide section 4), published on Redis pub/sub after commit.
 
 All messages go to one channel; each web process subscribes once and fans out to its sockets, so
-any web process can serve any socket. `owner_id` travels with each message for that filtering and
-is stripped before a message reaches a client.
+any web process can serve any socket. `owner_id` travels with each message for that filtering,
+`commit_range` with event messages for ordering them (below); `for_client()` strips both.
+
+Event messages carry `seq`, the event's position in commit order (`ExecutionEvent.seq`): sockets
+replay and deduplicate by it. The position exists only once the event's transaction has committed,
+while messages are built inside it. So the contract is:
+
+- `event_message(row, owner_id)` may be called before the commit: it returns an `EventMessage`,
+  a plain dict (equal to one, serialisable as one) that also keeps a reference to `row`;
+- `publish()`, called after the commit, reads the row's `seq` at that moment (`resolved()`),
+  and `commit_range`, the first and last position its transaction drew: pub/sub order across
+  shards is not commit order, and the web tier's relay puts messages back in position order,
+  which it can do only if it knows which positions one commit covered (not every event is
+  published). The row reference itself is never serialised;
+- a message that lost its row (copied into a new dict) keeps the `seq` it was built with: None
+  if built before the commit. Pass the messages to `publish()` as they were returned.
 """
 
 from __future__ import annotations
@@ -13,8 +27,12 @@ from typing import Any
 
 import orjson
 import redis
+from sqlalchemy import inspect
 
+from orchestrator.event_positions import commit_range
 from orchestrator.models import Execution, ExecutionEvent
+
+INTERNAL_KEYS = frozenset({"owner_id", "commit_range"})  # routing and ordering; never sent to a client
 
 
 def channel(prefix: str) -> str:
@@ -44,10 +62,22 @@ def execution_update(ex: Execution, current_task_title: str | None, now: datetim
     }
 
 
+class EventMessage(dict[str, Any]):
+    """An event message that remembers its row, so that `seq` can be read after the commit."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: ExecutionEvent, fields: dict[str, Any]) -> None:
+        super().__init__(fields)
+        self.row = row
+
+
 def event_message(ev: ExecutionEvent, owner_id: str) -> dict[str, Any]:
-    return {
+    """The stream message of `ev`; fine to build before the commit (see the module docstring)."""
+    return EventMessage(ev, {
         "type": "event",
         "event_id": ev.id,
+        "seq": ev.seq,
         "execution_id": ev.execution_id,
         "event_type": ev.event_type,
         "task_id": ev.task_id,
@@ -56,15 +86,33 @@ def event_message(ev: ExecutionEvent, owner_id: str) -> dict[str, Any]:
         "message": ev.message,
         "timestamp": iso(ev.timestamp),
         "owner_id": owner_id,
-    }
+    })
+
+
+def resolved(msg: dict[str, Any]) -> dict[str, Any]:
+    """`msg` as it goes on the wire: an event message with its row's position as it is now."""
+    if not isinstance(msg, EventMessage):
+        return msg
+    # From the loaded state, never a query: after the commit the row is detached.
+    out = {**msg, "seq": inspect(msg.row).dict.get("seq", msg.get("seq"))}
+    span = commit_range(msg.row)
+    if span is not None:
+        out["commit_range"] = list(span)
+    return out
+
+
+def for_client(msg: dict[str, Any]) -> dict[str, Any]:
+    """What a socket sends: the message without the keys that are the web tier's business."""
+    return {k: v for k, v in resolved(msg).items() if k not in INTERNAL_KEYS}
 
 
 def publish(r: redis.Redis, prefix: str, messages: Iterable[dict[str, Any]]) -> None:
-    """Publish in one round trip. Call only after the transaction that made them has committed."""
+    """Publish in one round trip. Call only after the transaction that made them has committed:
+    event messages take their `seq` from their rows here."""
     pipe = r.pipeline(transaction=False)
     n = 0
     for msg in messages:
-        pipe.publish(channel(prefix), orjson.dumps(msg))
+        pipe.publish(channel(prefix), orjson.dumps(resolved(msg)))
         n += 1
     if n:
         pipe.execute()

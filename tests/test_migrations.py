@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -66,5 +67,37 @@ def test_hot_query_indexes_exist(scratch_url: str) -> None:
     finally:
         engine.dispose()
     assert ("execution_id", "timestamp", "id") in cols["execution_events"]
+    assert {("seq",), ("execution_id", "seq")} <= set(cols["execution_events"])
     assert ("execution_id", "status", "waiting_on", "priority", "position") in cols["execution_subtasks"]
     assert ("owner_id", "status", "created_at") in cols["executions"]
+
+
+def test_event_positions_backfill_in_acceptance_order(scratch_url: str) -> None:
+    """0002 numbers the events already stored by (timestamp, id) and seeds the counter after them."""
+    migrations.upgrade(scratch_url, "0001")
+    engine = make_engine(scratch_url, immediate=False)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    stored = [("evt_b", t0), ("evt_a", t0 + timedelta(seconds=1)), ("evt_c", t0), ("evt_0", t0 + timedelta(hours=1))]
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (id, username, is_admin, is_active, created_at) "
+                              "VALUES ('u', 'u', false, true, :t)"), {"t": t0})
+            conn.execute(text("INSERT INTO plans (id, goal, context, owner_id, source, created_at) "
+                              "VALUES ('p', 'g', '{}', 'u', 'api', :t)"), {"t": t0})
+            conn.execute(text("INSERT INTO executions (id, plan_id, owner_id, status, tasks_total, tasks_completed, "
+                              "pause_requested, cancel_requested, created_at) "
+                              "VALUES ('x', 'p', 'u', 'CREATED', 1, 0, false, false, :t)"), {"t": t0})
+            for eid, ts in stored:
+                conn.execute(text("INSERT INTO execution_events (id, execution_id, source, event_type, "
+                                  "human_review_required, timestamp) VALUES (:id, 'x', 'system', 'note', false, :t)"),
+                             {"id": eid, "t": ts.replace(tzinfo=None) if engine.dialect.name == "sqlite" else ts})
+        migrations.upgrade(scratch_url)
+        with engine.connect() as conn:
+            order = conn.execute(text("SELECT id, seq FROM execution_events ORDER BY seq")).all()
+            counter = conn.execute(text("SELECT id, last_seq FROM event_positions")).all()
+    finally:
+        engine.dispose()
+    assert order == [("evt_b", 1), ("evt_c", 2), ("evt_a", 3), ("evt_0", 4)]
+    assert counter == [(1, 4)]
+    migrations.downgrade(scratch_url, "0001")
+    migrations.upgrade(scratch_url)

@@ -235,7 +235,9 @@ def test_event_log_pages_back_and_filters(page, live_server, scene, db) -> None:
     expect(page.locator("#older")).to_be_visible()
     page.click("#older")
     expect(rows).to_have_count(61)  # 60 heartbeats and execution_created
-    expect(rows.last).to_contain_text("beat 00")
+    # Newest first in commit order: the back-dated heartbeats were written after the creation.
+    expect(rows.nth(59)).to_contain_text("beat 00")
+    expect(rows.last).to_contain_text("execution_created")
     expect(page.locator("#older")).to_be_hidden()
     page.select_option("#event-type", "execution_created")
     expect(rows).to_have_count(1)

@@ -1,0 +1,153 @@
+"""Positions of events in commit order: `ExecutionEvent.seq`, handed out as the transaction commits.
+
+Why: the live stream's `?since=` and the event log need "everything committed after this event".
+Event ids cannot say that: they are minted at acceptance, shards commit in their own transactions
+in any order, and ids minted in one millisecond sort by randomness. A database SEQUENCE/IDENTITY
+cannot either: values are drawn at insert time, so T1 draws 10, T2 draws 11, T2 commits first, and
+a reader that has seen 11 and later asks for "after 11" never gets 10.
+
+How: a one-row counter (`event_positions`). Right before a transaction commits, if it inserted
+events, it increments the counter by their number (`UPDATE ... RETURNING`) and writes the
+positions into its rows. The counter's row lock is held until the commit, so the next event-writing
+transaction draws its positions only after this one has committed: positions are handed out in
+commit order, every transaction's are contiguous, and a reader that sees position n sees every
+position below n. SQLite serialises writers anyway; on PostgreSQL this holds under READ COMMITTED
+(the engine's default), where the waiting UPDATE re-reads the committed counter.
+
+Cost: the lock serialises event-writing commits (not their work), so it is taken last, after a
+final flush, and held for two statements (one more per 1,000 events) and the COMMIT. Transactions
+that insert no events (most poll claims) never touch the counter.
+
+Events are tracked per session, in insertion order (`InstanceState.insert_order`), after each
+flush; ORM bulk inserts (`session.execute(insert(ExecutionEvent), rows)`) are tracked in row order.
+Other ways of inserting events (an `insert()` with inline `.values()`, a raw connection) would
+leave `seq` NULL, so the first is refused and the second is not used anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Insert, case, event, func, literal, select, true, update
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.base import instance_state
+
+from orchestrator.models.events import EventPosition, ExecutionEvent
+
+_PENDING = "event_positions.pending"  # session.info key: [(event id, row or None)] in insertion order
+_RANGE = "event_positions.range"  # InstanceState.info key: (first, last) of the row's transaction
+_EVENTS = ExecutionEvent.__table__
+_COUNTER = EventPosition.__table__
+_CHUNK = 1000  # rows per CASE update: three bind parameters each, far below SQLite's and psycopg's limits
+
+
+def install(sessions: sessionmaker[Session]) -> None:
+    """Give every session of `sessions` the tracking and the positions at commit."""
+    event.listen(sessions, "after_flush", _track_flushed)
+    event.listen(sessions, "do_orm_execute", _track_bulk_insert)
+    event.listen(sessions, "before_commit", assign_positions)
+    event.listen(sessions, "after_transaction_end", _forget)
+
+
+def _pending(session: Session) -> list[tuple[str, ExecutionEvent | None]]:
+    return session.info.setdefault(_PENDING, [])
+
+
+def _track_flushed(session: Session, _ctx: UOWTransaction) -> None:
+    # In after_flush, `session.new` still lists what this flush inserted.
+    rows = [o for o in session.new if isinstance(o, ExecutionEvent)]
+    if rows:
+        rows.sort(key=lambda o: instance_state(o).insert_order)
+        _pending(session).extend((o.id, o) for o in rows)
+
+
+def _track_bulk_insert(state: ORMExecuteState) -> None:
+    stmt = state.statement
+    # ORM statements carry an annotated copy of the table, hence the name.
+    if not (state.is_insert and isinstance(stmt, Insert) and stmt.table.name == _EVENTS.name):
+        return
+    params = state.parameters
+    rows = params if isinstance(params, list) else [params] if params else []
+    if not rows or any("id" not in r for r in rows):
+        raise ValueError("insert events with session.add() or session.execute(insert(ExecutionEvent), rows) "
+                         "so that they get their positions")
+    _pending(state.session).extend((r["id"], None) for r in rows)
+
+
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the whole transaction ended, committed or rolled back
+        session.info.pop(_PENDING, None)
+
+
+def assign_positions(session: Session) -> None:
+    """Number the events this transaction inserted, as the last thing before its COMMIT.
+
+    Runs from `before_commit`, which `Database.unit_of_work` (the only place that commits) reaches
+    through `session.commit()`. Deadlocks: the counter lock is taken after every other row lock of
+    the transaction (the final flush comes first), so it sits last in every writer's lock order and
+    cannot cross another writer's; whoever holds it only has a COMMIT left to do.
+    """
+    if session.in_nested_transaction():
+        return  # releasing a savepoint: the positions wait for the real commit
+    if not session.info.get(_PENDING) and not _has_new_events(session):
+        return  # the common cheap case: no events, no counter
+    session.flush()
+    pending = [(eid, row) for eid, row in session.info.pop(_PENDING, [])
+               if row is None or instance_state(row).persistent]  # a rolled-back savepoint drops rows
+    if not pending:
+        return
+    last = _draw(session, len(pending))
+    first = last - len(pending) + 1
+    positions = {eid: first + i for i, (eid, _) in enumerate(pending)}
+    ids = list(positions)
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        # Only rows without a position: a committed position never changes, even if an upsert
+        # skipped a tracked id because its row was already stored (that costs a gap, nothing more).
+        session.execute(update(_EVENTS).where(_EVENTS.c.id.in_(chunk), _EVENTS.c.seq.is_(None))
+                        .values(seq=case({eid: positions[eid] for eid in chunk}, value=_EVENTS.c.id)))
+    for eid, row in pending:
+        if row is not None:
+            # Committed state, not a change: nothing is flushed again, and code after the commit
+            # (publishing) reads `row.seq` without a query.
+            set_committed_value(row, "seq", positions[eid])
+            instance_state(row).info[_RANGE] = (first, last)
+
+
+def commit_range(row: ExecutionEvent) -> tuple[int, int] | None:
+    """The positions the transaction that wrote `row` drew (first, last), when this process wrote it.
+
+    The live stream's relay orders messages by position; this tells it which positions came from
+    one commit, so that the ones not published (not every event is) do not look like a gap."""
+    return instance_state(row).info.get(_RANGE)
+
+
+def _has_new_events(session: Session) -> bool:
+    return any(isinstance(o, ExecutionEvent) for o in session.new)
+
+
+def _draw(session: Session, n: int) -> int:
+    """Take `n` positions; return the last. Locks the counter row until the transaction ends."""
+    bump = (update(_COUNTER).where(_COUNTER.c.id == 1).values(last_seq=_COUNTER.c.last_seq + n)
+            .returning(_COUNTER.c.last_seq))
+    last = session.execute(bump).scalar()
+    if last is None:
+        _seed(session)
+        last = session.execute(bump).scalar_one()
+    return int(last)
+
+
+def _seed(session: Session) -> None:
+    # The migration creates the row; only a wiped table (the test suite empties every table) lacks
+    # it. Seeding from the highest stored position keeps positions unique either way; a concurrent
+    # seeder's row wins and ours is dropped.
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    highest = select(literal(1), func.coalesce(func.max(_EVENTS.c.seq), 0)).where(true())
+    stmt: Any = dialect_insert(_COUNTER).from_select(["id", "last_seq"], highest).on_conflict_do_nothing()
+    session.execute(stmt)
+
