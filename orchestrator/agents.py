@@ -11,7 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.credentials import Principal, issue_credential
-from orchestrator.errors import Conflict, NotFound
+from orchestrator.db import flush_new
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.ids import ID_RULE, is_valid_id
 from orchestrator.models import Agent, ExecutionSubtask
 from orchestrator.publish import iso
 
@@ -33,15 +35,18 @@ def capability_actions(agent: Agent) -> set[str]:
 def register_agent(session: Session, owner_id: str, data: dict[str, Any], now: datetime) -> tuple[Agent, str]:
     agent_id = data.get("id") or "agent_{}_{}".format(
         re.sub(r"[^a-z0-9]+", "_", data["name"].lower()).strip("_")[:40] or "agent", secrets.token_hex(3))
+    if not is_valid_id(agent_id):
+        raise ValidationFailed(f"An agent id may use only {ID_RULE}.", agent_id=agent_id)
+    conflict = Conflict(f"Agent {agent_id} already exists.", agent_id=agent_id)
     if session.get(Agent, agent_id) is not None:
-        raise Conflict(f"Agent {agent_id} already exists.", agent_id=agent_id)
+        raise conflict
     agent = Agent(
         id=agent_id, name=data["name"], role=data.get("role"), owner_id=owner_id,
         webhook_url=data.get("webhook_url"), poll_endpoint=data.get("poll_endpoint") or f"/api/agents/{agent_id}/work",
         capabilities=normalise_capabilities(data.get("capabilities")), created_at=now,
     )
     session.add(agent)
-    session.flush()
+    flush_new(session, conflict)
     _, key = issue_credential(session, agent_id=agent.id, label="registration")
     return agent, key
 

@@ -11,12 +11,15 @@ a cycle are dropped with a warning. `days_realistic * 8` becomes `estimated_hour
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.ids import ID_RULE, invalid_ids
+from orchestrator.payload_limits import check_storable
 
 _PREFIX = re.compile(r"^\d+[-_]")
 LEVEL1 = "wbs_level1.json"
@@ -58,8 +61,9 @@ def _parse(files: Mapping[str, str | bytes]) -> dict[str, Any]:
             raise ValidationFailed(f"Two files are {key}: keep one PlanExe run per import.", file=name)
         try:
             parsed[key] = json.loads(content)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ValidationFailed(f"{name} is not valid JSON: {exc}", file=name) from exc
+        check_storable(parsed[key], origin=name)
     return parsed
 
 
@@ -148,6 +152,9 @@ def planexe_to_plan(files: Mapping[str, str | bytes]) -> tuple[dict[str, Any], l
             level3_parent[item["id"]] = parent["id"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValidationFailed(f"The WBS files do not have PlanExe's shape (missing or wrong {exc}).") from exc
+    # PlanExe's ids are UUIDs, inside our id alphabet (orchestrator/ids.py); refuse any that are not.
+    if bad := invalid_ids([*task_by_id, *level3_parent]):
+        raise ValidationFailed(f"PlanExe task ids must use only {ID_RULE}.", invalid_ids=bad)
 
     for task in tasks:
         task["decomposed"] = bool(task["subtasks"])
@@ -198,7 +205,7 @@ def planexe_to_plan(files: Mapping[str, str | bytes]) -> tuple[dict[str, Any], l
             if d.get("task_id") not in level3_parent:
                 warnings.append(f"Duration for unknown task {d.get('task_id')} skipped.")
             continue
-        if not isinstance(days, int | float) or days < 0:
+        if not isinstance(days, int | float) or days < 0 or not math.isfinite(days * HOURS_PER_DAY):
             warnings.append(f"Task {task['id']}: days_realistic {days!r} is not a number; skipped.")
             continue
         task["estimated_hours"] = round(days * HOURS_PER_DAY)

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.credentials import Principal
+from orchestrator.db import flush_new
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.graph import find_cycles, unknown_references
-from orchestrator.ids import prefixed
+from orchestrator.ids import ID_RULE, invalid_ids, prefixed
 from orchestrator.models import Plan, PlanSubtask, PlanTask
 from orchestrator.paging import newest_first_page
 from orchestrator.retry import RetryPolicy
@@ -36,13 +37,18 @@ def _cycle_error(message: str, cycles: list[list[str]]) -> ValidationFailed:
 
 
 def validate_plan_data(data: dict[str, Any]) -> None:
-    """Raise ValidationFailed naming every offending id: duplicates, unknown prerequisites, cycles."""
+    """Raise ValidationFailed naming every offending id: outside the id alphabet, duplicates, unknown
+    prerequisites, cycles. The API's schema checks the alphabet too; this also covers what importers and
+    decomposers (a language model's output) produce."""
     tasks = data.get("tasks") or []
+    ids = [item["id"] for task in tasks for item in [task, *(task.get("subtasks") or [])]]
+    bad = invalid_ids([data["id"], *ids] if data.get("id") is not None else ids)
+    if bad:
+        raise ValidationFailed(f"Ids may use only {ID_RULE}.", invalid_ids=bad)
     seen: set[str] = set()
     duplicates: list[str] = []
-    for task in tasks:
-        for item in [task, *(task.get("subtasks") or [])]:
-            (duplicates.append if item["id"] in seen else seen.add)(item["id"])
+    for item_id in ids:
+        (duplicates.append if item_id in seen else seen.add)(item_id)
     if duplicates:
         raise ValidationFailed("Task and subtask ids must be unique within a plan.", duplicate_ids=duplicates)
 
@@ -98,7 +104,7 @@ def create_plan(session: Session, owner_id: str, data: dict[str, Any], now: date
             ))
         plan.tasks.append(task)
     session.add(plan)
-    session.flush()
+    flush_new(session, Conflict(f"Plan {plan_id} already exists.", plan_id=plan_id))
     return plan
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from orchestrator.credentials import Principal
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.graph import find_cycle, topological_order
+from orchestrator.ids import child_id, is_valid_id
 from orchestrator.models import ExecutionSubtask, Plan, PlanSubtask, PlanTask
 from orchestrator.plans import get_plan, plan_to_dict, validate_plan_data
 
@@ -138,86 +139,109 @@ class Normalised:
     repairs: int = 0
     uncovered: int = 0
     warnings: list[str] = field(default_factory=list)
+    strict: bool = False
 
-
-def normalise_subtasks(task_id: str, raw: list[Any], capabilities: set[str] | None, *,
-                       strict: bool = False) -> Normalised:
-    """Make subtasks valid: ids present and unique, actions among `capabilities` (others dropped, their
-    dependents inheriting their prerequisites), prerequisites known and acyclic. Each fix is a repair
-    (counted for confidence); with `strict`, any fix raises ValidationFailed instead (a person's input)."""
-    out = Normalised([], [])
-
-    def repair(message: str, **details: Any) -> None:
-        if strict:
+    def repair(self, message: str, **details: Any) -> None:
+        """Count a fix (it lowers confidence); with `strict`, refuse the input instead."""
+        if self.strict:
             raise ValidationFailed(message, **details)
-        out.repairs += 1
-        out.warnings.append(message)
+        self.repairs += 1
+        self.warnings.append(message)
 
+
+def _fresh_id(task_id: str, i: int, seen: set[str]) -> str:
+    suffix = subtask_suffix(i)
+    while child_id(task_id, suffix) in seen:
+        suffix += "x"
+    return child_id(task_id, suffix)
+
+
+def _subtask_items(task_id: str, raw: list[Any], out: Normalised) -> list[dict[str, Any]]:
+    """The usable subtasks of `raw` in one shape, with ids present, unique and within the id alphabet."""
     items: list[dict[str, Any]] = []
     seen: set[str] = set()
+    renamed: dict[str, str] = {}  # unusable id → its replacement, so that dependents still find it
     for i, s in enumerate(raw):
         if not isinstance(s, dict) or not isinstance(s.get("title"), str) or not s["title"].strip():
-            repair(f"Subtask #{i + 1} has no title; dropped.", index=i)
+            out.repair(f"Subtask #{i + 1} has no title; dropped.", index=i)
             continue
         sid = s.get("subtask_id") or s.get("id")
-        if not isinstance(sid, str) or not sid or sid in seen:
-            new = f"{task_id}_{subtask_suffix(i)}"
-            while new in seen:
-                new += "x"
-            repair(f"Subtask #{i + 1} had a missing or duplicate id ({sid!r}); it is now {new}.", subtask_id=sid)
+        if not is_valid_id(sid) or sid in seen:
+            new = _fresh_id(task_id, i, seen)
+            out.repair(f"Subtask #{i + 1} had a missing, duplicate or unusable id ({sid!r}); it is now {new}.",
+                       subtask_id=sid)
+            if isinstance(sid, str) and not is_valid_id(sid):  # not a duplicate's: which one would they mean?
+                renamed.setdefault(sid, new)
             sid = new
         seen.add(sid)
         deps = s.get("depends_on", s.get("prerequisite_subtask_ids")) or []
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
-            repair(f"{sid}: depends_on must be a list of ids; ignored.", subtask_id=sid)
+            out.repair(f"{sid}: depends_on must be a list of ids; ignored.", subtask_id=sid)
             deps = []
         params = s.get("params") or {}
         if not isinstance(params, dict):
-            repair(f"{sid}: params must be an object; ignored.", subtask_id=sid)
+            out.repair(f"{sid}: params must be an object; ignored.", subtask_id=sid)
             params = {}
         criteria = s.get("success_criteria") or []
         if not isinstance(criteria, list):
             criteria = [str(criteria)]
         items.append({
             "subtask_id": sid, "title": s["title"].strip()[:500], "action": s.get("action"), "params": params,
-            "depends_on": list(dict.fromkeys(deps)), "success_criteria": [str(c) for c in criteria],
+            "depends_on": deps, "success_criteria": [str(c) for c in criteria],
             "failure_handling": s.get("failure_handling") if isinstance(s.get("failure_handling"), str) else None,
         })
+    for it in items:
+        it["depends_on"] = list(dict.fromkeys(renamed.get(d, d) for d in it["depends_on"]))
+    return items
 
+
+def _drop_uncovered(items: list[dict[str, Any]], capabilities: set[str], out: Normalised) -> list[dict[str, Any]]:
+    """Drop subtasks whose action the agent lacks; their dependents inherit their prerequisites."""
+    deps_of = {it["subtask_id"]: it["depends_on"] for it in items}
+    dropped = {it["subtask_id"] for it in items if it["action"] not in capabilities}
+    for it in items:
+        if it["subtask_id"] in dropped:
+            out.uncovered += 1
+            out.warnings.append(f"{it['subtask_id']} ({it['title']}) needs action {it['action']!r}, "
+                                "which the agent lacks; dropped.")
+    if dropped and out.strict:
+        raise ValidationFailed("Subtasks use actions the agent lacks.", actions=sorted(
+            {str(it["action"]) for it in items if it["subtask_id"] in dropped}))
+
+    def inherited(dep: str, trail: frozenset[str] = frozenset()) -> list[str]:
+        if dep not in dropped:
+            return [dep]
+        if dep in trail:
+            return []
+        return [x for d in deps_of.get(dep, []) for x in inherited(d, trail | {dep})]
+
+    kept = [it for it in items if it["subtask_id"] not in dropped]
+    for it in kept:
+        it["depends_on"] = list(dict.fromkeys(x for d in it["depends_on"] for x in inherited(d)))
+    return kept
+
+
+def normalise_subtasks(task_id: str, raw: list[Any], capabilities: set[str] | None, *,
+                       strict: bool = False) -> Normalised:
+    """Make subtasks valid: ids present, unique and in the id alphabet, actions among `capabilities`
+    (others dropped, their dependents inheriting their prerequisites), prerequisites known and acyclic.
+    Each fix is a repair (counted for confidence); with `strict`, any fix raises ValidationFailed instead
+    (a person's input)."""
+    out = Normalised([], [], strict=strict)
+    items = _subtask_items(task_id, raw, out)
     if capabilities is not None:
-        deps_of = {it["subtask_id"]: it["depends_on"] for it in items}
-        dropped = {it["subtask_id"] for it in items if it["action"] not in capabilities}
-        for it in items:
-            if it["subtask_id"] in dropped:
-                out.uncovered += 1
-                out.warnings.append(f"{it['subtask_id']} ({it['title']}) needs action {it['action']!r}, "
-                                    "which the agent lacks; dropped.")
-        if dropped and strict:
-            raise ValidationFailed("Subtasks use actions the agent lacks.", actions=sorted(
-                {str(it["action"]) for it in items if it["subtask_id"] in dropped}))
-
-        def inherited(dep: str, trail: frozenset[str] = frozenset()) -> list[str]:
-            if dep not in dropped:
-                return [dep]
-            if dep in trail:
-                return []
-            return [x for d in deps_of.get(dep, []) for x in inherited(d, trail | {dep})]
-
-        items = [it for it in items if it["subtask_id"] not in dropped]
-        for it in items:
-            it["depends_on"] = list(dict.fromkeys(x for d in it["depends_on"] for x in inherited(d)))
-
+        items = _drop_uncovered(items, capabilities, out)
     known = {it["subtask_id"] for it in items}
     for it in items:
         unknown = [d for d in it["depends_on"] if d not in known or d == it["subtask_id"]]
         if unknown:
-            repair(f"{it['subtask_id']} depends on unknown ids {unknown}; those were removed.",
-                   unknown_prerequisites={it["subtask_id"]: unknown})
+            out.repair(f"{it['subtask_id']} depends on unknown ids {unknown}; those were removed.",
+                       unknown_prerequisites={it["subtask_id"]: unknown})
             it["depends_on"] = [d for d in it["depends_on"] if d not in unknown]
     graph = {it["subtask_id"]: it["depends_on"] for it in items}
     while cycle := find_cycle(graph):
         # The cycle is [a, b, ..., a] with a depending on b: dropping that one edge breaks it.
-        repair(f"Dependencies formed a cycle {cycle}; {cycle[0]} no longer waits for {cycle[1]}.", cycle=cycle)
+        out.repair(f"Dependencies formed a cycle {cycle}; {cycle[0]} no longer waits for {cycle[1]}.", cycle=cycle)
         graph[cycle[0]] = [d for d in graph[cycle[0]] if d != cycle[1]]
     by_id = {it["subtask_id"]: it for it in items}
     for sid, deps in graph.items():
@@ -290,7 +314,8 @@ class AgentAccess:
 
 
 def agent_access(session: Session, principal: Principal, agent_id: str) -> AgentAccess:
-    """Who may ask for an agent's decomposition: the agent itself, its owner, an admin. Others get 404."""
+    """Who may ask for an agent's decomposition: the agent itself, its owner, an admin. Others get 404.
+    An agent's plan reads and writes act for its operator as a plain operator: its own plans only."""
     from orchestrator.agents import capability_actions
     from orchestrator.models import Agent, User
 
@@ -299,7 +324,10 @@ def agent_access(session: Session, principal: Principal, agent_id: str) -> Agent
         if agent is None or principal.id != agent_id:
             raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
         owner = session.get(User, agent.owner_id) if agent.owner_id else None
-        plan_principal = Principal("user", owner.id, owner.is_admin) if owner is not None else None
+        # Never the owner's admin rights: an admin's agent holds a key that runs unattended, and with
+        # them it could read and rewrite every operator's plans. A deactivated owner lends no rights.
+        active = owner is not None and owner.is_active
+        plan_principal = Principal("user", owner.id, is_admin=False) if active else None
     else:
         if agent is None or not (principal.is_admin or agent.owner_id == principal.id):
             raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)

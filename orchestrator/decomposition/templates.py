@@ -20,6 +20,7 @@ import yaml
 
 from orchestrator.decomposition import DecompositionRequest, DecompositionResult, normalise_subtasks, subtask_suffix
 from orchestrator.decomposition.confidence import ConfidenceInputs, compute_confidence, template_match_base
+from orchestrator.ids import child_id
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 _PLACEHOLDER = re.compile(r"(?<!\{)\{(\w+)\}(?!\})")
@@ -201,7 +202,7 @@ class TemplateDecomposer:
         # Optional steps the agent cannot do are dropped quietly; required ones were counted above.
         warnings += [w for w in norm.warnings if not any(
             w.startswith(f"{s['key']} ") and s.get("optional") for s in template["steps"])]
-        rename = {s["subtask_id"]: f"{task_id}_{subtask_suffix(i)}" for i, s in enumerate(norm.subtasks)}
+        rename = {s["subtask_id"]: child_id(task_id, subtask_suffix(i)) for i, s in enumerate(norm.subtasks)}
         for s in norm.subtasks:
             s["subtask_id"] = rename[s["subtask_id"]]
             s["depends_on"] = [rename[d] for d in s["depends_on"]]

@@ -43,7 +43,7 @@ class DecomposeSchema(Schema):
     task = fields.Nested(TaskInSchema, required=True)
     plan_context = fields.Dict(keys=fields.String(), load_default=dict)
     agent_capabilities = fields.List(fields.String(validate=validate.Length(1, 120)), load_default=None)
-    plan_id = fields.String(load_default=None, allow_none=True)
+    plan_id = fields.String(load_default=None, allow_none=True, validate=ID)
     apply = fields.Boolean(load_default=False)
     replace = fields.Boolean(load_default=False)
 
@@ -63,7 +63,7 @@ class DecompositionInSchema(Schema):
                                       validate=validate.Length(1, 500))
     decomposition_confidence = fields.Float(load_default=1.0, validate=validate.Range(0, 1))
     notes = fields.String(load_default="")
-    agent_id = fields.String(load_default=None, allow_none=True)
+    agent_id = fields.String(load_default=None, allow_none=True, validate=ID)
     replace = fields.Boolean(load_default=False)
 
     @pre_load

@@ -6,7 +6,9 @@ from typing import Any
 
 from marshmallow import Schema, fields, pre_load, validate
 
-ID = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$", error="Use letters, digits and _ . : - (at most 128).")
+from orchestrator.ids import ID_PATTERN, ID_RULE
+
+ID = validate.Regexp(rf"^{ID_PATTERN.pattern}\Z", error=f"Use {ID_RULE}.")
 
 
 def _alias(data: Any, canonical: str) -> Any:
