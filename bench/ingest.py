@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import migrations  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
+from orchestrator.events.protocol import read_outcome  # noqa: E402
 from orchestrator.executions import create_execution  # noqa: E402
 from orchestrator.holds import record_hold  # noqa: E402
 from orchestrator.models import Agent, ExecutionEvent, Plan, PlanSubtask, PlanTask, User, utcnow  # noqa: E402
@@ -208,7 +209,7 @@ def run_batch(base: str, scene, events: int, clients: int, batch_size: int, db: 
             keys = [f"{prefix}outcome:{e['event_id']}" for e in resp.json()["events"]]
             while True:  # applied = every outcome of the batch is no longer "pending"
                 vals = r.mget(keys)
-                if all(v is not None and v != b"pending" for v in vals):
+                if all(v is not None and not read_outcome(v)[0] for v in vals):
                     break
                 time.sleep(0.002)
             local.append(time.perf_counter() - t0)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from orchestrator.apply import Envelope, apply_batch
+from orchestrator.events.apply import apply_batch
+from orchestrator.events.protocol import Envelope
 from orchestrator.ids import event_id
 from orchestrator.models import utcnow
 from web.app import create_app

@@ -178,8 +178,12 @@ class AgentClient:
                            error_message=error_message, human_review_required=human_review_required,
                            suggestions=suggestions, blocking=blocking)
 
-    def heartbeat(self, execution_id: str) -> dict[str, Any]:
-        return self.report(execution_id, "heartbeat")
+    def heartbeat(self, execution_id: str | None = None) -> dict[str, Any]:
+        """Alive, working on `execution_id`; without one, alive between executions (logged nowhere)."""
+        if execution_id is not None:
+            return self.report(execution_id, "heartbeat")
+        body = {"agent_timestamp": _now_iso(), "idempotency_key": uuid.uuid4().hex}
+        return _json(self._request("POST", f"/api/agents/{self.agent_id}/heartbeat", json=body))
 
     # -- the loop ---------------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.credentials import Principal
+from orchestrator.db import flush_new
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.event_log import record_event, record_transition
-from orchestrator.ids import prefixed
+from orchestrator.ids import ID_RULE, is_valid_id, prefixed
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, Plan, PlanTask
 from orchestrator.progress import ExecutionGraph, load_graphs, retry_subtask, skip_task
 from orchestrator.publish import event_message, execution_update
@@ -25,6 +26,19 @@ from orchestrator.state_machine import (
     TaskStatus,
     transition,
 )
+
+
+def _check_row_keys(plan: Plan, execution_id: str) -> None:
+    """The execution's rows are keyed `{execution_id}:{plan task or subtask id}`: refuse an execution id
+    that would make such a key ambiguous (a `:`) or longer than its column (PostgreSQL's 500 otherwise)."""
+    if not is_valid_id(execution_id):
+        raise ValidationFailed(f"An execution id may use only {ID_RULE}.", execution_id=execution_id)
+    for rows, ids in ((ExecutionTask, [t.id for t in plan.tasks]),
+                      (ExecutionSubtask, [s.id for t in plan.tasks for s in t.subtasks])):
+        allowed = rows.__table__.c.id.type.length - 1 - max(map(len, ids), default=0)
+        if len(execution_id) > allowed:
+            raise ValidationFailed(f"Execution id {execution_id} is too long for this plan's ids: use at most "
+                                   f"{allowed} characters.", execution_id=execution_id, max_length=allowed)
 
 
 def create_execution(
@@ -61,8 +75,10 @@ def create_execution(
             undecomposed_task_ids=undecomposed,
         )
     execution_id = execution_id or prefixed("exec")
+    _check_row_keys(plan, execution_id)
+    conflict = Conflict(f"Execution {execution_id} already exists.", execution_id=execution_id)
     if session.get(Execution, execution_id) is not None:
-        raise Conflict(f"Execution {execution_id} already exists.", execution_id=execution_id)
+        raise conflict
 
     subtask_ids_of = {t.id: [s.id for s in t.subtasks] for t in plan.tasks}
     ex = Execution(
@@ -88,7 +104,7 @@ def create_execution(
                 prerequisite_ids=prereqs, waiting_on=len(prereqs),
             ))
             position += 1
-    session.flush()
+    flush_new(session, conflict)
     record_event(session, execution_id, "execution_created", now, source="user",
                  message=f"Execution of plan {plan.id} created", status="created",
                  output_data={"plan_id": plan.id, "agent_id": agent_id})
@@ -104,6 +120,17 @@ class Change:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     events: list[ExecutionEvent] = field(default_factory=list)
+
+
+def announce_created(session: Session, ex: Execution, now: datetime) -> Change:
+    """What to publish once a new execution has committed: its creation event and its state, so that
+    open lists show it at once (and the stream relay sees no gap in the event positions)."""
+    session.flush()
+    events = session.scalars(select(ExecutionEvent).where(ExecutionEvent.execution_id == ex.id))
+    title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
+                                                        PlanTask.id == ex.current_task_id))
+    return Change(ex.id, ex.status, messages=[*(event_message(ev, ex.owner_id) for ev in events),
+                                              execution_update(ex, title, now)])
 
 
 def owned_graph(session: Session, principal: Principal, execution_id: str) -> ExecutionGraph:

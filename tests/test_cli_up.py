@@ -40,7 +40,7 @@ def test_up_serves_healthz_then_stops_cleanly(tmp_path: Path) -> None:
                 pass
             time.sleep(0.3)
         assert status == 200, (tmp_path / "up.log").read_text()[-3000:]
-        assert resp.json() == {"status": "ok", "database": "ok", "redis": "ok"}
+        assert resp.json() == {"status": "ok", "database": "ok", "redis": "ok", "dead_letters": 0}
         assert (Path(env["ORCHESTRATOR_DATA_DIR"]) / "orchestrator.db").exists()
     finally:
         proc.send_signal(signal.SIGTERM)

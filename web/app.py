@@ -10,11 +10,13 @@ from flask import Flask
 
 from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
-from orchestrator.ingest import Ingestor
+from orchestrator.events.accept import Ingestor
 from orchestrator.settings import Settings
 from web.api import register_api
 from web.dashboard import bp as dashboard_bp
 from web.errors import register_error_handlers
+from web.json_body import BodyJSONProvider
+from web.routing import IdConverter
 from web.stream import bp as stream_bp
 from web.stream import sock
 from workers.celery_app import celery_config, create_celery
@@ -34,19 +36,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     app = Flask(__name__)
+    app.url_map.converters["default"] = IdConverter  # before any route: every URL variable is an id
     app.config.from_mapping(
         SECRET_KEY=settings.secret_key,
         SETTINGS=settings,
         CELERY=celery_config(settings),
-        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,  # larger bodies are answered 413
     )
-    app.json.sort_keys = False  # answers keep the guide's field order
+    app.json = BodyJSONProvider(app)  # bodies parsed by orjson and checked; answers keep their field order
     app.extensions["db"] = Database(settings)
     app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     celery_app = celery_init_app(app)
     app.extensions["ingestor"] = Ingestor(
         redis=app.extensions["redis"], prefix=settings.redis_key_prefix, shards=settings.ingest_shards,
-        trigger=lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]),
+        trigger=lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]), db=app.extensions["db"],
     )
 
     register_error_handlers(app)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from flask import current_app, g, request, session
 
 from orchestrator.credentials import Principal, authenticate, hash_token
-from orchestrator.errors import Forbidden, Unauthorized
+from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.models import User
 
 CACHE_SECONDS = 30.0
@@ -111,6 +111,19 @@ def require_user(view: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not current_principal().is_user:
             raise Forbidden("This endpoint takes an operator's token, not an agent's.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def require_admin(view: F) -> F:
+    """Only admin operators may call this view; anyone else is told it does not exist."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        principal = current_principal()
+        if not (principal.is_user and principal.is_admin):
+            raise NotFound("Not found.")
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

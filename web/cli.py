@@ -15,6 +15,7 @@ from orchestrator.bootstrap import ensure_admin
 from orchestrator.db import Database
 from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from orchestrator.settings import Settings
+from web.cli_events import events
 from web.cli_plans import plans
 
 
@@ -199,6 +200,7 @@ def flower(port: int, address: str) -> None:
 
 
 main.add_command(plans)
+main.add_command(events)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,9 +8,9 @@ from typing import Any
 import requests
 from celery import Task, shared_task
 
+from orchestrator.events.drain import ShardDrainer, backlog_shards
 from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook
-from orchestrator.streams import ShardDrainer, backlog_shards
 from orchestrator.sweeper import apply_sweep
 from workers.runtime import runtime_for
 
@@ -32,9 +32,9 @@ def drain(self: Task, shard: int) -> dict[str, Any]:
     if stats.more:
         drain.delay(shard)  # to the back of the queue: other shards' drains go first
     if stats.batches:
-        log.info("shard %s: %d applied, %d duplicates, batches %s", shard, stats.applied, stats.duplicates,
-                 stats.batch_sizes)
-    return {"applied": stats.applied, "batches": stats.batches}
+        log.info("shard %s: %d applied, %d duplicates, %d dead-lettered, batches %s", shard, stats.applied,
+                 stats.duplicates, stats.dead_lettered, stats.batch_sizes)
+    return {"applied": stats.applied, "batches": stats.batches, "dead_lettered": stats.dead_lettered}
 
 
 @shared_task(name="workers.tasks.sweep", bind=True, ignore_result=True)

@@ -6,8 +6,9 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from orchestrator.apply import Envelope, apply_batch
 from orchestrator.db import Database
+from orchestrator.events.apply import apply_batch
+from orchestrator.events.protocol import Envelope
 from orchestrator.ids import event_id
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, utcnow
 from tests.workers.helpers import Scene, claim, queued_execution

@@ -246,6 +246,8 @@ def test_report_and_heartbeat_against_the_live_server(db, redis, migrated, live_
 
     beat = agent.heartbeat(scene.execution_id)
     assert beat["execution_id"] == scene.execution_id and beat["status"] == "RUNNING"
+    alive = agent.heartbeat()  # between executions: no execution's log
+    assert alive["execution_id"] is None and alive["event_id"].startswith("evt_")
     assert agent.started(work)["status"] == "RUNNING"
 
     # The server answers 202 when the worker is slower than its reply wait: the client follows the URL.

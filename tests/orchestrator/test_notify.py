@@ -6,10 +6,10 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from orchestrator.ingest import Ingestor
+from orchestrator.events.accept import Ingestor, Submission
+from orchestrator.events.drain import ShardDrainer
 from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook, sign, verify
-from orchestrator.streams import ShardDrainer
 from tests.workers.helpers import claim, queued_execution
 
 
@@ -52,10 +52,10 @@ def test_drainer_notifies_owner_of_a_block(db, redis, migrated) -> None:
     scene = queued_execution(db, n_subtasks=1)
     claim(db, redis, migrated, scene, "task_0_a")
     triggered: list[int] = []
-    ingestor = Ingestor(redis, migrated.redis_key_prefix, migrated.ingest_shards, trigger=triggered.append)
-    accepted = ingestor.accept(scene.execution_id, scene.agent_id, {
+    ingestor = Ingestor(redis, migrated.redis_key_prefix, migrated.ingest_shards, trigger=triggered.append, db=db)
+    accepted, = ingestor.submit(scene.agent_id, [Submission(scene.execution_id, {
         "event_type": "task_error", "task_id": "task_0_a", "error_message": "Email bounced",
-        "human_review_required": True, "suggestions": ["Call Carol"]}, utcnow())
+        "human_review_required": True, "suggestions": ["Call Carol"]})], utcnow())
     notices: list[dict] = []
     drainer = ShardDrainer(db, redis, migrated.redis_key_prefix, batch_size=100, lease_seconds=5,
                            notify=notices.append)

@@ -6,7 +6,7 @@ import redis as redis_lib
 def test_healthz_ok(client) -> None:
     resp = client.get("/healthz")
     assert resp.status_code == 200
-    assert resp.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert resp.get_json() == {"status": "ok", "database": "ok", "redis": "ok", "dead_letters": 0}
 
 
 def test_healthz_reports_redis_down(app, client) -> None:

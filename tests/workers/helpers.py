@@ -25,7 +25,7 @@ class Scene:
 
 
 def queued_execution(db: Database, *, n_tasks: int = 1, n_subtasks: int = 2, retry_policy: dict | None = None,
-                     agent_id: str | None = None) -> Scene:
+                     agent_id: str | None = None, execution_id: str | None = None) -> Scene:
     with db.unit_of_work() as s:
         owner = make_user(s)
         agent = make_agent(s, agent_id, capabilities=[{"action": "send_email", "params": []}])
@@ -36,7 +36,7 @@ def queued_execution(db: Database, *, n_tasks: int = 1, n_subtasks: int = 2, ret
                 for sub in task.subtasks:
                     sub.retry_policy = retry_policy
         s.flush()
-        ex = create_execution(s, owner.id, plan.id, utcnow())
+        ex = create_execution(s, owner.id, plan.id, utcnow(), execution_id=execution_id)
         ex.status = "QUEUED"
         return Scene(owner.id, agent.id, key, ex.id)
 
@@ -49,3 +49,17 @@ def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, su
         if g.execution.status == "QUEUED":
             g.execution.status = "RUNNING"
     record_hold(r, settings.redis_key_prefix, scene.execution_id, subtask_id, scene.agent_id)
+
+
+def execution_ids_on_shard(shard: int, shards: int, n: int, stem: str = "exec") -> list[str]:
+    """`n` fresh execution ids whose events all go to `shard`."""
+    import secrets
+
+    from orchestrator.events.protocol import shard_of
+
+    found: list[str] = []
+    while len(found) < n:
+        candidate = f"{stem}_{secrets.token_hex(5)}"
+        if shard_of(candidate, shards) == shard:
+            found.append(candidate)
+    return found

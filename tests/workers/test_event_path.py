@@ -107,13 +107,16 @@ def test_blocking_error_blocks_with_options(db, redis, migrated, live_server, wo
 
 
 def test_bad_events_are_refused_before_the_queue(db, redis, migrated, live_server, worker) -> None:
-    scene = queued_execution(db, n_subtasks=1)
-    not_held = post(live_server, scene, {"event_type": "task_complete", "task_id": "task_0_a"})
+    scene = queued_execution(db, n_subtasks=2)
+    outsider = post(live_server, scene, {"event_type": "task_complete", "task_id": "task_0_a"})
+    assert outsider.status_code == 404  # the agent takes no part in the execution yet
+    claim(db, redis, migrated, scene, "task_0_a")
+    not_held = post(live_server, scene, {"event_type": "task_complete", "task_id": "task_0_b"})
     assert not_held.status_code == 409 and not_held.json()["error"]["code"] == "not_holder"
     invalid = post(live_server, scene, {"event_type": "task_exploded", "task_id": "task_0_a"})
-    assert invalid.status_code == 400 and "event_type" in invalid.json()["error"]["details"]
+    assert invalid.status_code == 422 and "event_type" in invalid.json()["error"]["details"]
     no_task = post(live_server, scene, {"event_type": "task_complete"})
-    assert no_task.status_code == 400
+    assert no_task.status_code == 422
     other = post(live_server, scene, {"event_type": "heartbeat", "agent_id": "someone_else"})
     assert other.status_code == 403
     nokey = requests.post(f"{live_server.url}/api/executions/{scene.execution_id}/events", json={}, timeout=10)
@@ -168,7 +171,7 @@ def test_batch_of_events(db, redis, migrated, live_server, worker) -> None:
     assert n == 51
     too_many = requests.post(f"{live_server.url}/api/events/batch", json={"events": events * 20},
                              headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
-    assert too_many.status_code == 400
+    assert too_many.status_code == 422
 
 
 def test_redis_down_is_a_clean_503(db, app, client) -> None:

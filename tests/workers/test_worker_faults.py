@@ -11,7 +11,8 @@ import redis as redis_lib
 from sqlalchemy import func, select, text
 
 from orchestrator.db import make_engine
-from orchestrator.ingest import GROUP, Ingestor, Keys, shard_of
+from orchestrator.events.accept import Ingestor
+from orchestrator.events.protocol import GROUP, Keys, shard_of
 from orchestrator.models import ExecutionEvent, ExecutionSubtask, utcnow
 from tests.conftest import WorkerProcess
 from tests.workers.helpers import claim, queued_execution

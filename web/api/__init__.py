@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_api(app: Flask) -> None:
-    from web.api import agents, decompose, events, executions, health, imports, plans, work
+    from web.api import admin, agents, decompose, events, executions, health, imports, plans, work
 
-    for module in (health, agents, plans, executions, work, events, decompose, imports):
+    for module in (health, agents, plans, executions, work, events, decompose, imports, admin):
         app.register_blueprint(module.bp)

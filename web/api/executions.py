@@ -6,7 +6,13 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from orchestrator.execution_views import execution_detail, list_events, list_executions
-from orchestrator.executions import Change, control_execution, create_execution, resolve_blocked_task
+from orchestrator.executions import (
+    Change,
+    announce_created,
+    control_execution,
+    create_execution,
+    resolve_blocked_task,
+)
 from orchestrator.models import utcnow
 from web.auth import current_principal, require_user
 from web.effects import after_commit
@@ -34,10 +40,13 @@ def _publish(change: Change) -> None:
 @require_user
 def create() -> ResponseReturnValue:
     data = CreateExecutionSchema().load(request.get_json() or {})
+    now = utcnow()
     with current_app.extensions["db"].unit_of_work() as s:
-        ex = create_execution(s, current_principal().id, data["plan_id"], utcnow(), agent_id=data["agent_id"],
+        ex = create_execution(s, current_principal().id, data["plan_id"], now, agent_id=data["agent_id"],
                               execution_id=data["execution_id"])
+        change = announce_created(s, ex, now)
         execution_id = ex.id
+    _publish(change)
     return jsonify(_detail(execution_id)), 201, {"Location": f"/api/executions/{execution_id}"}
 
 

@@ -7,13 +7,14 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from orchestrator.state_machine import AGENT_EVENT_TYPES
+from web.schemas.fields import UTCDateTime
 
 MAX_BATCH = 1000
 
 
 class EventSchema(Schema):
     agent_id = fields.String(required=True, validate=validate.Length(1, 128))
-    agent_timestamp = fields.AwareDateTime(load_default=None, allow_none=True)
+    agent_timestamp = UTCDateTime(load_default=None, allow_none=True)
     event_type = fields.String(required=True, validate=validate.OneOf(sorted(AGENT_EVENT_TYPES)))
     task_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 128))
     subtask_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 128))
@@ -41,7 +42,21 @@ class EventSchema(Schema):
 
 
 class BatchItemSchema(EventSchema):
-    execution_id = fields.String(required=True, validate=validate.Length(1, 128))
+    # Only an agent's liveness heartbeat may leave it out: every other event is about an execution.
+    execution_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 128))
+
+    @validates_schema
+    def _names_its_execution(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("execution_id") is None and data["event_type"] != "heartbeat":
+            raise ValidationError("Name the execution the event is about.", "execution_id")
+
+
+class HeartbeatSchema(Schema):
+    """`POST /api/agents/{id}/heartbeat`: the agent is alive, between executions too."""
+
+    agent_timestamp = UTCDateTime(load_default=None, allow_none=True)
+    message = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=10_000))
+    idempotency_key = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 200))
 
 
 class BatchSchema(Schema):

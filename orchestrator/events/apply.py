@@ -1,4 +1,4 @@
-"""The worker's half of the event path: apply a batch of agents' events in one transaction.
+"""Applying a batch of agents' events in one transaction (the last step of the event path).
 
 `apply_batch` runs inside the caller's unit of work. It skips events already in the log (a batch
 delivered again after a crash: invariant 2), locks the touched executions, moves their subtasks,
@@ -19,6 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.event_log import record_transition
+from orchestrator.events.protocol import Envelope, rejected_outcome
 from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
 from orchestrator.progress import (
     ExecutionGraph,
@@ -43,17 +44,6 @@ from orchestrator.state_machine import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """An accepted event as it travels through Redis."""
-
-    id: str
-    execution_id: str
-    agent_id: str
-    received_at: datetime
-    body: dict[str, Any]
-
-
 @dataclass
 class BatchResult:
     outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -64,18 +54,22 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
 
+    def merge(self, other: BatchResult) -> None:
+        """Add what another (already committed) batch must do after its commit."""
+        self.outcomes.update(other.outcomes)
+        self.messages += other.messages
+        for execution_id, subtask_ids in other.released_holds.items():
+            self.released_holds[execution_id] += subtask_ids
+        self.transitions += other.transitions
+        self.notifications += other.notifications
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+
 
 @dataclass
 class _PlanInfo:
     subtasks: dict[tuple[str, str], PlanSubtask]
     task_titles: dict[tuple[str, str], str]
-
-
-def _rejected(env: Envelope, code: str, message: str) -> dict[str, Any]:
-    return {
-        "event_id": env.id, "execution_id": env.execution_id, "agent_id": env.agent_id,
-        "recorded_at": iso(env.received_at), "applied": False, "error": {"code": code, "message": message},
-    }
 
 
 def _load_plan_info(session: Session, graphs: dict[str, ExecutionGraph]) -> _PlanInfo:
@@ -120,12 +114,20 @@ class _Applier:
 
     def apply(self, env: Envelope) -> None:
         body = env.body
+        if env.execution_id is None:
+            # An agent's liveness heartbeat: it refreshes the agent and goes into no execution's log.
+            self._seen(env)
+            self.result.outcomes[env.id] = {"event_id": env.id, "execution_id": None, "agent_id": env.agent_id,
+                                            "recorded_at": iso(env.received_at), "applied": True}
+            self.result.applied += 1
+            return
         g = self.graphs.get(env.execution_id)
         if g is None:
             # Without an execution there is nothing to log the event against (the FK would refuse it).
-            self.result.outcomes[env.id] = _rejected(env, "not_found", f"Execution {env.execution_id} not found.")
+            self.result.outcomes[env.id] = rejected_outcome(env, "not_found",
+                                                            f"Execution {env.execution_id} not found.")
             return
-        self.heartbeats[env.agent_id] = max(self.heartbeats.get(env.agent_id, env.received_at), env.received_at)
+        self._seen(env)
         sub = _find_subtask(g, env.agent_id, body)
         row = ExecutionEvent(
             id=env.id, execution_id=env.execution_id, agent_id=env.agent_id, source="agent",
@@ -144,17 +146,22 @@ class _Applier:
         self.touched[g.execution.id] = g
         self.result.applied += 1
 
+    def _seen(self, env: Envelope) -> None:
+        self.heartbeats[env.agent_id] = max(self.heartbeats.get(env.agent_id, env.received_at), env.received_at)
+
     def _apply_to_graph(self, env: Envelope, g: ExecutionGraph, sub: ExecutionSubtask | None) -> dict[str, Any]:
         body, ex = env.body, g.execution
         kind = body["event_type"]
         if kind == "heartbeat":
             return self._ok(env, g)
         if ex.status in FINISHED_STATES:
-            return _rejected(env, "execution_finished", f"Execution {ex.id} is {ex.status}; the report was logged.")
+            return rejected_outcome(env, "execution_finished",
+                                    f"Execution {ex.id} is {ex.status}; the report was logged.")
         if sub is None:
-            return _rejected(env, "unknown_subtask", "The event names no subtask of this execution.")
+            return rejected_outcome(env, "unknown_subtask", "The event names no subtask of this execution.")
         if sub.status != SubtaskStatus.RUNNING or sub.agent_id != env.agent_id:
-            return _rejected(env, "not_holder", f"Agent {env.agent_id} does not hold subtask {sub.plan_subtask_id}.")
+            return rejected_outcome(env, "not_holder",
+                                    f"Agent {env.agent_id} does not hold subtask {sub.plan_subtask_id}.")
 
         facts: EventFacts
         extra: dict[str, Any] = {}
@@ -211,7 +218,8 @@ class _Applier:
                 ExecutionStatus.FAILED: f"A subtask failed with no attempts left: {error_text}",
                 ExecutionStatus.BLOCKED: f"Waiting for a person: {error_text}",
             }.get(new, ex.status_message)
-            record_transition(self.session, ex.id, old, new, self.now, reason=kind)
+            ev = record_transition(self.session, ex.id, old, new, self.now, reason=kind)
+            self.result.messages.append(event_message(ev, ex.owner_id))
             self.result.transitions.append((ex.id, old, new))
 
     def _ok(self, env: Envelope, g: ExecutionGraph) -> dict[str, Any]:
@@ -274,7 +282,7 @@ def apply_batch(session: Session, envelopes: list[Envelope], now: datetime) -> B
             continue
         queued.add(env.id)
         fresh.append(env)
-    graphs = load_graphs(session, {e.execution_id for e in fresh}, lock=True)
+    graphs = load_graphs(session, {e.execution_id for e in fresh if e.execution_id is not None}, lock=True)
     applier = _Applier(session, now, graphs, _load_plan_info(session, graphs))
     for env in fresh:
         applier.apply(env)

@@ -1,0 +1,322 @@
+"""The front end's half of the event path: check agents' events, queue them, wait for their outcomes.
+
+`Ingestor.submit` runs the checks in this order, all from Redis when its caches are warm:
+1. tenancy: the agent takes part in the execution (assigned to it, or has held work in it);
+2. dedup: the same report again (its idempotency key, scoped by agent) replays the first outcome,
+   and a key reused with another body is refused;
+3. the hold: a new report about a subtask comes from the agent that holds it.
+A cache miss costs one read-only query per check for the whole submission, never a transaction
+(invariant 6). Then one Lua call queues every new event atomically (dedupe again, mark pending,
+XADD to the execution's shard), so an answered 2xx means the events are in Redis (invariant 1).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis
+from sqlalchemy import or_, select
+
+from orchestrator.db import Database
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.events.protocol import (
+    DEDUP_SECONDS,
+    OUTCOME_SECONDS,
+    Envelope,
+    Keys,
+    dedup_key,
+    fingerprint,
+    pending_outcome,
+    read_outcome,
+    shard_of,
+)
+from orchestrator.holds import holds_key, members_key, record_members
+from orchestrator.ids import event_id as new_event_id
+from orchestrator.models import Execution, ExecutionSubtask
+
+# KEYS: per event (dedup key, stream key, outcome key). ARGV: dedup ttl, outcome ttl, then per event
+# (event id, encoded envelope, fingerprint, pending record); an empty fingerprint means "no dedup key".
+# Every reuse of a key with another body is found before anything is written: all or nothing.
+_ACCEPT = """
+local n = #KEYS / 3
+for i = 1, n do
+  local fp = ARGV[4 * i + 1]
+  if fp ~= '' then
+    local existing = redis.call('GET', KEYS[3 * i - 2])
+    if existing then
+      local sp = string.find(existing, ' ', 1, true)
+      if sp and string.sub(existing, sp + 1) ~= fp then return {-1, i} end
+    end
+  end
+end
+local out = {}
+for i = 1, n do
+  local eid, payload, fp, pending = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local existing = false
+  if fp ~= '' then existing = redis.call('GET', KEYS[3 * i - 2]) end
+  if existing then
+    local sp = string.find(existing, ' ', 1, true)
+    out[#out + 1] = 0
+    out[#out + 1] = sp and string.sub(existing, 1, sp - 1) or existing
+  else
+    if fp ~= '' then redis.call('SET', KEYS[3 * i - 2], eid .. ' ' .. fp, 'EX', ARGV[1]) end
+    redis.call('SET', KEYS[3 * i], pending, 'EX', ARGV[2])
+    redis.call('XADD', KEYS[3 * i - 1], '*', 'e', payload)
+    out[#out + 1] = 1
+    out[#out + 1] = eid
+  end
+end
+return out
+"""
+
+
+class NotHolder(Conflict):
+    code = "not_holder"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    code = "idempotency_key_reused"
+
+
+class EventsRefused(Conflict):
+    """Some events of a batch were refused; none of it was accepted."""
+
+    code = "events_refused"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One event as a handler hands it over: validated, in wire form (no None values, ISO times)."""
+
+    execution_id: str | None
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event_id: str
+    execution_id: str | None
+    duplicate: bool
+
+
+@dataclass
+class _Checked:
+    """The submission as the checks left it: per index, the earlier acceptance or the refusal."""
+
+    items: Sequence[Submission]
+    keys: list[str | None]
+    prints: list[str]
+    earlier: dict[int, Accepted] = field(default_factory=dict)
+    refused: dict[int, Exception] = field(default_factory=dict)
+
+
+@dataclass
+class Ingestor:
+    """Accepts events into the shard streams and triggers the worker that drains them."""
+
+    redis: redis.Redis
+    prefix: str
+    shards: int
+    trigger: Callable[[int], None]  # enqueue drain(shard); the web layer passes Celery's send_task
+    db: Database | None = None  # for cold-cache lookups; without it a miss is a refusal
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.prefix)
+        self._accept = self.redis.register_script(_ACCEPT)
+
+    # -- the checked path the API uses ------------------------------------------------------------
+
+    def submit(self, agent_id: str, items: Sequence[Submission], received_at: datetime) -> list[Accepted]:
+        """Check and queue `items` (all or none); raises the refusal of the first bad one, or
+        `EventsRefused` naming each when there are several events."""
+        checked = self._check(agent_id, items)
+        if checked.refused:
+            if len(items) == 1:
+                raise checked.refused[0]
+            raise EventsRefused("Some events were refused; none of the batch was accepted.", refused=[
+                {"index": i, "code": getattr(e, "code", "refused"), "message": getattr(e, "message", str(e))}
+                for i, e in sorted(checked.refused.items())])
+        fresh = [i for i in range(len(items)) if i not in checked.earlier]
+        queued = self._queue(agent_id, [(items[i], checked.keys[i], checked.prints[i]) for i in fresh], received_at)
+        result = dict(checked.earlier)
+        result.update(zip(fresh, queued, strict=True))
+        return [result[i] for i in range(len(items))]
+
+    def _check(self, agent_id: str, items: Sequence[Submission]) -> _Checked:
+        keys = [dedup_key(s.body) for s in items]
+        checked = _Checked(items, keys, [fingerprint(s.body) if k else "" for s, k in zip(items, keys, strict=True)])
+        self._check_reuse_within(checked)
+        executions = sorted({s.execution_id for s in items if s.execution_id is not None})
+        pipe = self.redis.pipeline(transaction=False)
+        for execution_id in executions:
+            pipe.sismember(members_key(self.prefix, execution_id), agent_id)
+        for s, k in zip(items, keys, strict=True):  # a placeholder keeps the replies aligned
+            if k:
+                pipe.get(self.keys.dedup(agent_id, s.execution_id, k))
+            else:
+                pipe.ping()
+        for s in items:
+            ref = _ref(s.body)
+            if ref and s.execution_id:
+                pipe.hget(holds_key(self.prefix, s.execution_id), ref)
+            else:
+                pipe.ping()
+        replies = pipe.execute()
+        member_hits = dict(zip(executions, replies[:len(executions)], strict=True))
+        dedup_hits = replies[len(executions):len(executions) + len(items)]
+        hold_hits = replies[len(executions) + len(items):]
+        outsiders = self._outsiders(agent_id, [e for e, hit in member_hits.items() if not hit])
+        for i, s in enumerate(items):
+            if s.execution_id in outsiders:
+                checked.refused[i] = NotFound(f"Execution {s.execution_id} not found.", execution_id=s.execution_id)
+            elif i not in checked.refused and keys[i] and dedup_hits[i] is not None:
+                self._earlier(checked, i, dedup_hits[i])
+        self._check_holds(agent_id, checked, hold_hits)
+        return checked
+
+    @staticmethod
+    def _check_reuse_within(checked: _Checked) -> None:
+        seen: dict[tuple[str | None, str], str] = {}
+        for i, (s, k) in enumerate(zip(checked.items, checked.keys, strict=True)):
+            if k is None:
+                continue
+            first = seen.setdefault((s.execution_id, k), checked.prints[i])
+            if first != checked.prints[i]:
+                checked.refused[i] = IdempotencyKeyReused(
+                    "This idempotency_key was already used with a different body.", index=i)
+
+    def _earlier(self, checked: _Checked, i: int, raw: bytes) -> None:
+        eid, _, fp = raw.decode().partition(" ")
+        if fp and fp != checked.prints[i]:
+            checked.refused[i] = IdempotencyKeyReused(
+                "This idempotency_key was already used with a different body.", event_id=eid)
+        else:
+            checked.earlier[i] = Accepted(eid, checked.items[i].execution_id, duplicate=True)
+
+    def _outsiders(self, agent_id: str, unknown: list[str]) -> set[str]:
+        """Executions among `unknown` (not in the Redis cache) that the agent takes no part in."""
+        if not unknown:
+            return set()
+        if self.db is None:
+            return set(unknown)
+        with self.db.reading() as s:
+            involved = set(s.scalars(select(Execution.id).where(
+                Execution.id.in_(unknown),
+                or_(Execution.agent_id == agent_id,
+                    Execution.id.in_(select(ExecutionSubtask.execution_id).where(
+                        ExecutionSubtask.agent_id == agent_id, ExecutionSubtask.execution_id.in_(unknown)))),
+            )))
+        for execution_id in involved:
+            record_members(self.redis, self.prefix, execution_id, [agent_id])
+        return set(unknown) - involved
+
+    def _check_holds(self, agent_id: str, checked: _Checked, hold_hits: list[Any]) -> None:
+        misses: list[int] = []
+        for i, s in enumerate(checked.items):
+            if i in checked.refused or i in checked.earlier or s.body["event_type"] == "heartbeat":
+                continue
+            if not isinstance(hold_hits[i], bytes) or hold_hits[i].decode() != agent_id:
+                misses.append(i)
+        if not misses:
+            return
+        held = self._held_from_db(agent_id, {checked.items[i].execution_id for i in misses})
+        for i in misses:
+            s = checked.items[i]
+            ref = _ref(s.body)
+            subtasks, by_task = held.get(s.execution_id, (set(), defaultdict(list)))
+            if ref not in subtasks and len(by_task.get(ref, [])) != 1:
+                checked.refused[i] = NotHolder(f"Agent {agent_id} does not hold {ref} in execution {s.execution_id}.",
+                                               execution_id=s.execution_id, task_id=ref)
+
+    def _held_from_db(self, agent_id: str, executions: set[str | None]) -> dict[str, tuple[set[str], dict]]:
+        """What the agent holds in `executions`, by subtask id and by task id: one query for all."""
+        held: dict[str, tuple[set[str], dict[str, list[str]]]] = {}
+        if self.db is None:
+            return held
+        with self.db.reading() as s:
+            rows = s.execute(select(ExecutionSubtask.execution_id, ExecutionSubtask.execution_task_id,
+                                    ExecutionSubtask.plan_subtask_id).where(
+                ExecutionSubtask.execution_id.in_([e for e in executions if e is not None]),
+                ExecutionSubtask.agent_id == agent_id, ExecutionSubtask.status == "RUNNING"))
+            for execution_id, task_row_id, subtask_id in rows:
+                subtasks, by_task = held.setdefault(execution_id, (set(), defaultdict(list)))
+                subtasks.add(subtask_id)
+                by_task[task_row_id.removeprefix(f"{execution_id}:")].append(subtask_id)
+        return held
+
+    # -- queueing ---------------------------------------------------------------------------------
+
+    def accept_many(self, items: Sequence[tuple[str | None, str, dict[str, Any]]],
+                    received_at: datetime) -> list[Accepted]:
+        """Queue events without the checks (tests and tools that act as the front end itself)."""
+        by_agent: list[Accepted] = []
+        for execution_id, agent_id, body in items:
+            k = dedup_key(body)
+            by_agent += self._queue(agent_id, [(Submission(execution_id, body), k, fingerprint(body) if k else "")],
+                                    received_at)
+        return by_agent
+
+    def _queue(self, agent_id: str, items: Sequence[tuple[Submission, str | None, str]],
+               received_at: datetime) -> list[Accepted]:
+        if not items:
+            return []
+        keys: list[str] = []
+        args: list[Any] = [DEDUP_SECONDS, OUTCOME_SECONDS]
+        shards: list[int] = []
+        for s, k, fp in items:
+            env = Envelope(new_event_id(), s.execution_id, agent_id, received_at, s.body)
+            shard = shard_of(env.routing_id, self.shards)
+            shards.append(shard)
+            keys += [self.keys.dedup(agent_id, s.execution_id, k or "-"), self.keys.stream(shard),
+                     self.keys.outcome(env.id)]
+            args += [env.id, env.encode(), fp if k else "", pending_outcome(env.id, s.execution_id, agent_id)]
+        raw = self._accept(keys=keys, args=args)
+        if raw[0] == -1:  # a racing request used one of the keys with another body
+            raise IdempotencyKeyReused("This idempotency_key was already used with a different body.",
+                                       index=int(raw[1]) - 1)
+        accepted: list[Accepted] = []
+        touched: set[int] = set()
+        for n, (s, _, _) in enumerate(items):
+            is_new, eid = raw[2 * n], raw[2 * n + 1]
+            accepted.append(Accepted(eid.decode() if isinstance(eid, bytes) else eid, s.execution_id,
+                                     duplicate=not is_new))
+            if is_new:
+                touched.add(shards[n])
+        for shard in sorted(touched):
+            self._trigger_once(shard)
+        return accepted
+
+    def _trigger_once(self, shard: int) -> None:
+        # A burst of events makes one drain task, not thousands; the drain clears the flag each time
+        # it reads, so an event that arrives after its last read triggers anew.
+        if self.redis.set(self.keys.trigger_flag(shard), b"1", nx=True, px=250):
+            self.trigger(shard)
+
+    # -- outcomes ---------------------------------------------------------------------------------
+
+    def wait_outcome(self, event_id: str, timeout_ms: int) -> dict[str, Any] | None:
+        """The outcome the worker pushed for `event_id`, or None when it did not come in time."""
+        if timeout_ms > 0:
+            got = self.redis.blpop([self.keys.reply(event_id)], timeout=timeout_ms / 1000)
+            if got is not None:
+                return orjson.loads(got[1])
+        return self.outcome(event_id)
+
+    def outcome(self, event_id: str) -> dict[str, Any] | None:
+        """The stored outcome; None while pending or when Redis no longer knows the event."""
+        pending, record = self.lookup(event_id)
+        return None if pending else record
+
+    def lookup(self, event_id: str) -> tuple[bool, dict[str, Any] | None]:
+        """(still pending, the stored record: whose event it is, and its outcome once there) in one
+        read; (False, None) when Redis no longer knows the event."""
+        return read_outcome(self.redis.get(self.keys.outcome(event_id)))
+
+
+def _ref(body: dict[str, Any]) -> str | None:
+    return body.get("subtask_id") or body.get("task_id")
