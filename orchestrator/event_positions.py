@@ -6,16 +6,18 @@ in any order, and ids minted in one millisecond sort by randomness. A database S
 cannot either: values are drawn at insert time, so T1 draws 10, T2 draws 11, T2 commits first, and
 a reader that has seen 11 and later asks for "after 11" never gets 10.
 
-How: a one-row counter (`event_positions`). Right before a transaction commits, if it inserted
-events, it increments the counter by their number (`UPDATE ... RETURNING`) and writes the
-positions into its rows. The counter's row lock is held until the commit, so the next event-writing
+How: a one-row counter (`event_positions`). Right before a transaction commits, if it wrote
+events, it increments the counter by their number (`UPDATE ... RETURNING`) in the final flush,
+before that flush inserts the events, so that those rows are inserted with their positions (the
+event worker's batches are, for instance); rows an earlier flush inserted get theirs with one
+`UPDATE`. The counter's row lock is held until the commit, so the next event-writing
 transaction draws its positions only after this one has committed: positions are handed out in
 commit order, every transaction's are contiguous, and a reader that sees position n sees every
 position below n. SQLite serialises writers anyway; on PostgreSQL this holds under READ COMMITTED
 (the engine's default), where the waiting UPDATE re-reads the committed counter.
 
-Cost: the lock serialises event-writing commits (not their work), so it is taken last, after a
-final flush, and held for two statements (one more per 1,000 events) and the COMMIT. Transactions
+Cost: the lock serialises event-writing commits (not their work), so it is taken as late as it can
+be: at the start of the final flush, held for that flush's statements and the COMMIT. Transactions
 that insert no events (most poll claims) never touch the counter.
 
 Events are tracked per session, in insertion order (`InstanceState.insert_order`), after each
@@ -36,6 +38,7 @@ from sqlalchemy.orm.base import instance_state
 from orchestrator.models.events import EventPosition, ExecutionEvent
 
 _PENDING = "event_positions.pending"  # session.info key: [(event id, row or None)] in insertion order
+_COMMITTING = "event_positions.committing"  # session.info key: set during the final flush
 _RANGE = "event_positions.range"  # InstanceState.info key: (first, last) of the row's transaction
 _EVENTS = ExecutionEvent.__table__
 _COUNTER = EventPosition.__table__
@@ -44,6 +47,7 @@ _CHUNK = 1000  # rows per CASE update: three bind parameters each, far below SQL
 
 def install(sessions: sessionmaker[Session]) -> None:
     """Give every session of `sessions` the tracking and the positions at commit."""
+    event.listen(sessions, "before_flush", _number_before_insert)
     event.listen(sessions, "after_flush", _track_flushed)
     event.listen(sessions, "do_orm_execute", _track_bulk_insert)
     event.listen(sessions, "before_commit", assign_positions)
@@ -55,8 +59,9 @@ def _pending(session: Session) -> list[tuple[str, ExecutionEvent | None]]:
 
 
 def _track_flushed(session: Session, _ctx: UOWTransaction) -> None:
-    # In after_flush, `session.new` still lists what this flush inserted.
-    rows = [o for o in session.new if isinstance(o, ExecutionEvent)]
+    # In after_flush, `session.new` still lists what this flush inserted; rows numbered on their way
+    # in (`_number_before_insert`) need nothing more.
+    rows = [o for o in session.new if isinstance(o, ExecutionEvent) and o.seq is None]
     if rows:
         rows.sort(key=lambda o: instance_state(o).insert_order)
         _pending(session).extend((o.id, o) for o in rows)
@@ -81,38 +86,68 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
 
 
 def assign_positions(session: Session) -> None:
-    """Number the events this transaction inserted, as the last thing before its COMMIT.
+    """Number the events this transaction wrote, as the last thing before its COMMIT.
 
     Runs from `before_commit`, which `Database.unit_of_work` (the only place that commits) reaches
-    through `session.commit()`. Deadlocks: the counter lock is taken after every other row lock of
-    the transaction (the final flush comes first), so it sits last in every writer's lock order and
-    cannot cross another writer's; whoever holds it only has a COMMIT left to do.
+    through `session.commit()`. The final flush draws the positions before it inserts (see
+    `_number_before_insert`); rows an earlier flush inserted are numbered in place. Deadlocks: the
+    counter lock comes after every lock the transaction took before its final flush, and that flush
+    only writes rows of executions the transaction has already locked, so whoever holds the counter
+    waits on nobody who waits on it.
     """
     if session.in_nested_transaction():
         return  # releasing a savepoint: the positions wait for the real commit
     if not session.info.get(_PENDING) and not _has_new_events(session):
         return  # the common cheap case: no events, no counter
-    session.flush()
-    pending = [(eid, row) for eid, row in session.info.pop(_PENDING, [])
-               if row is None or instance_state(row).persistent]  # a rolled-back savepoint drops rows
-    if not pending:
+    session.info[_COMMITTING] = True
+    try:
+        session.flush()
+    finally:
+        session.info.pop(_COMMITTING, None)
+    pending = _flushed_without_position(session)
+    if pending:
+        _number(session, pending, [])
+
+
+def _flushed_without_position(session: Session) -> list[tuple[str, ExecutionEvent | None]]:
+    # A rolled-back savepoint drops rows: only those still stored count.
+    return [(eid, row) for eid, row in session.info.pop(_PENDING, [])
+            if row is None or instance_state(row).persistent]
+
+
+def _number_before_insert(session: Session, _ctx: UOWTransaction, _instances: Any) -> None:
+    """In the final flush: draw positions for the events about to be inserted (and for any an earlier
+    flush inserted), and set them on the rows, so that the INSERT carries them."""
+    if not session.info.get(_COMMITTING):
         return
-    last = _draw(session, len(pending))
-    first = last - len(pending) + 1
-    positions = {eid: first + i for i, (eid, _) in enumerate(pending)}
+    fresh = sorted((o for o in session.new if isinstance(o, ExecutionEvent) and o.seq is None),
+                   key=lambda o: instance_state(o).insert_order)
+    if fresh:
+        _number(session, _flushed_without_position(session), fresh)
+
+
+def _number(session: Session, flushed: list[tuple[str, ExecutionEvent | None]], fresh: list[ExecutionEvent]) -> None:
+    """Positions for `flushed` (stored rows, numbered with an UPDATE) then `fresh` (rows not yet
+    inserted, numbered on the object), in that order: the order they were written in."""
+    last = _draw(session, len(flushed) + len(fresh))
+    first = last - len(flushed) - len(fresh) + 1
+    positions = {eid: first + i for i, (eid, _) in enumerate(flushed)}
     ids = list(positions)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start:start + _CHUNK]
         # Only rows without a position: a committed position never changes, even if an upsert
         # skipped a tracked id because its row was already stored (that costs a gap, nothing more).
-        session.execute(update(_EVENTS).where(_EVENTS.c.id.in_(chunk), _EVENTS.c.seq.is_(None))
-                        .values(seq=case({eid: positions[eid] for eid in chunk}, value=_EVENTS.c.id)))
-    for eid, row in pending:
+        session.connection().execute(update(_EVENTS).where(_EVENTS.c.id.in_(chunk), _EVENTS.c.seq.is_(None))
+                                     .values(seq=case({eid: positions[eid] for eid in chunk}, value=_EVENTS.c.id)))
+    for eid, row in flushed:
         if row is not None:
             # Committed state, not a change: nothing is flushed again, and code after the commit
             # (publishing) reads `row.seq` without a query.
             set_committed_value(row, "seq", positions[eid])
             instance_state(row).info[_RANGE] = (first, last)
+    for i, row in enumerate(fresh, start=first + len(flushed)):
+        row.seq = i
+        instance_state(row).info[_RANGE] = (first, last)
 
 
 def commit_range(row: ExecutionEvent) -> tuple[int, int] | None:
@@ -131,10 +166,11 @@ def _draw(session: Session, n: int) -> int:
     """Take `n` positions; return the last. Locks the counter row until the transaction ends."""
     bump = (update(_COUNTER).where(_COUNTER.c.id == 1).values(last_seq=_COUNTER.c.last_seq + n)
             .returning(_COUNTER.c.last_seq))
-    last = session.execute(bump).scalar()
+    conn = session.connection()  # not session.execute: this may run inside a flush
+    last = conn.execute(bump).scalar()
     if last is None:
         _seed(session)
-        last = session.execute(bump).scalar_one()
+        last = conn.execute(bump).scalar_one()
     return int(last)
 
 
@@ -149,5 +185,5 @@ def _seed(session: Session) -> None:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     highest = select(literal(1), func.coalesce(func.max(_EVENTS.c.seq), 0)).where(true())
     stmt: Any = dialect_insert(_COUNTER).from_select(["id", "last_seq"], highest).on_conflict_do_nothing()
-    session.execute(stmt)
+    session.connection().execute(stmt)
 

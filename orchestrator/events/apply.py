@@ -246,7 +246,8 @@ class _Applier:
         self.result.released_holds[execution_id].append(sub.plan_subtask_id)
 
     def finish(self) -> BatchResult:
-        self.session.add_all(self.rows)
+        """Write the heartbeats, then add the event rows: they are inserted by the commit's final
+        flush, numbered on their way in (`orchestrator/event_positions.py`)."""
         for agent_id, seen in sorted(self.heartbeats.items()):  # one lock order across workers
             self.session.execute(
                 update(Agent).where(Agent.id == agent_id).values(last_heartbeat=seen),
@@ -256,7 +257,7 @@ class _Applier:
             ex = g.execution
             title = self.info.task_titles.get((ex.plan_id, ex.current_task_id or ""))
             self.result.messages.append(execution_update(ex, title, self.now))
-        self.session.flush()
+        self.session.add_all(self.rows)
         return self.result
 
 

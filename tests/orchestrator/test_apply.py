@@ -116,3 +116,29 @@ def test_unknown_execution_is_refused_without_a_row(db) -> None:
     ghost = Envelope(event_id(), "exec_missing", "agent_x", utcnow(), {"event_type": "heartbeat"})
     result = apply(db, [ghost])
     assert result.outcomes[ghost.id]["error"]["code"] == "not_found" and result.applied == 0
+
+
+def test_a_batch_inserts_its_events_with_their_positions(db, redis, migrated) -> None:
+    """The batch's event rows are inserted already numbered: no second write of each row."""
+    from sqlalchemy import event
+
+    scene = queued_execution(db, n_subtasks=2)
+    claim(db, redis, migrated, scene, "task_0_a")
+    batch = [env(scene, {"event_type": "heartbeat", "message": f"{i}"}) for i in range(5)]
+    batch.append(env(scene, {"event_type": "task_complete", "task_id": "task_0_a"}))
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        apply(db, batch)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if s.lstrip().upper().startswith("UPDATE EXECUTION_EVENTS")]
+    with db.reading() as s:
+        rows = s.execute(select(ExecutionEvent.id, ExecutionEvent.seq).where(
+            ExecutionEvent.id.in_([e.id for e in batch])).order_by(ExecutionEvent.seq)).all()
+    assert [r.id for r in rows] == [e.id for e in batch]  # in the batch's order
+    assert [r.seq for r in rows] == list(range(rows[0].seq, rows[0].seq + len(batch)))
