@@ -107,6 +107,39 @@ class Stack:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def fresh_stack_env(pg: str, redis_url: str, stem: str, **extra: str) -> tuple[str, dict[str, str], Path]:
+    """A new database named after `stem` and now, and the environment that points a stack at it:
+    (database URL, environment, log folder)."""
+    dbname = f"{stem}_{int(time.time())}"
+    admin = create_engine(pg.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{dbname}"'))
+    admin.dispose()
+    db_url = pg.rsplit("/", 1)[0] + "/" + dbname
+    log_dir = Path(os.environ.get("BENCH_LOG_DIR", "/tmp")) / dbname
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url,
+           "REDIS_KEY_PREFIX": f"{stem}:{secrets.token_hex(3)}:", "SECRET_KEY": "bench-secret",
+           "ORCHESTRATOR_DATA_DIR": str(log_dir), "PYTHONPATH": str(ROOT), **extra}
+    return db_url, env, log_dir
+
+
+def clean_up(pg: str, db_url: str, r: redis_lib.Redis, prefix: str) -> None:
+    """Drop what `fresh_stack_env` made: the database and every Redis key under the run's prefix."""
+    for key in r.scan_iter(f"{prefix}*"):
+        r.delete(key)
+    admin = create_engine(pg.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def agent_session(key: str) -> requests.Session:
+    sess = requests.Session()
+    sess.headers["Authorization"] = f"Bearer {key}"
+    return sess
+
+
 def setup_scene(db: Database, r: redis_lib.Redis, prefix: str, n_agents: int) -> list[tuple[str, str, str, str]]:
     """n_agents agents, each holding the first subtask of its own execution: (agent, key, execution, subtask)."""
     scene = []
@@ -164,8 +197,7 @@ def run_single(url_for, scene, events: int, clients: int, db: Database) -> dict:
 
     def client(idx: int) -> None:
         agent_id, key, ex_id, sub_id = scene[idx % len(scene)]
-        sess = requests.Session()
-        sess.headers["Authorization"] = f"Bearer {key}"
+        sess = agent_session(key)
         local = []
         for n in range(per_client):
             t0 = time.perf_counter()
@@ -197,8 +229,7 @@ def run_batch(base: str, scene, events: int, clients: int, batch_size: int, db: 
 
     def client(idx: int) -> None:
         agent_id, key, ex_id, sub_id = scene[idx % len(scene)]
-        sess = requests.Session()
-        sess.headers["Authorization"] = f"Bearer {key}"
+        sess = agent_session(key)
         local = []
         for start in range(0, per_client, batch_size):
             items = [{**event_body(agent_id, sub_id, n), "execution_id": ex_id}
@@ -238,17 +269,9 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     args = ap.parse_args()
 
-    dbname = f"orch_bench_{int(time.time())}"
-    admin = create_engine(args.pg.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{dbname}"'))
-    db_url = args.pg.rsplit("/", 1)[0] + "/" + dbname
-    prefix = f"orchbench:{secrets.token_hex(3)}:"
-    log_dir = Path(os.environ.get("BENCH_LOG_DIR", "/tmp")) / dbname
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix,
-           "SECRET_KEY": "bench-secret", "ORCHESTRATOR_DATA_DIR": str(log_dir), "INGEST_SHARDS": str(args.shards),
-           "INGEST_REPLY_WAIT_MS": "5000", "LOG_LEVEL": "INFO", "PYTHONPATH": str(ROOT)}
+    db_url, env, log_dir = fresh_stack_env(args.pg, args.redis, "orch_bench", INGEST_SHARDS=str(args.shards),
+                                           INGEST_REPLY_WAIT_MS="5000", LOG_LEVEL="INFO")
+    prefix = env["REDIS_KEY_PREFIX"]
     settings = Settings.from_env(env)
     r = redis_lib.Redis.from_url(args.redis)
     try:
@@ -288,10 +311,7 @@ def main() -> None:
         print("statuses (last single run):", results["single"][-1]["statuses"],
               " naive:", results["naive"][-1]["statuses"])
     finally:
-        for key in r.scan_iter(f"{prefix}*"):
-            r.delete(key)
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        clean_up(args.pg, db_url, r, prefix)
 
 
 if __name__ == "__main__":

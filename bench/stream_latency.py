@@ -23,13 +23,12 @@ from pathlib import Path
 import redis as redis_lib
 import requests
 import simple_websocket
-from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import migrations  # noqa: E402
-from bench.ingest import Stack, event_body, pct, setup_scene  # noqa: E402
+from bench.ingest import Stack, clean_up, event_body, fresh_stack_env, pct, setup_scene  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
 from orchestrator.models import Execution  # noqa: E402
@@ -106,17 +105,9 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=60)
     args = ap.parse_args()
 
-    dbname = f"orch_stream_{int(time.time())}"
-    admin = create_engine(args.pg.replace("postgresql://", "postgresql+psycopg://"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{dbname}"'))
-    db_url = args.pg.rsplit("/", 1)[0] + "/" + dbname
-    prefix = f"orchstream:{secrets.token_hex(3)}:"
-    log_dir = Path(os.environ.get("BENCH_LOG_DIR", "/tmp")) / dbname
-    log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": args.redis, "REDIS_KEY_PREFIX": prefix,
-           "SECRET_KEY": "bench-secret", "ORCHESTRATOR_DATA_DIR": str(log_dir), "INGEST_REPLY_WAIT_MS": "0",
-           "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    db_url, env, log_dir = fresh_stack_env(args.pg, args.redis, "orch_stream", INGEST_REPLY_WAIT_MS="0",
+                                           LOG_LEVEL="WARNING")
+    prefix = env["REDIS_KEY_PREFIX"]
     r = redis_lib.Redis.from_url(args.redis)
     listeners: list[Listener] = []
     try:
@@ -162,10 +153,7 @@ def main() -> None:
         print(f"delivered: {len(idle)}/{expected} idle, {len(busy)}/{expected} under load; "
               f"p50 ratio under load / idle: {statistics.median(busy) / statistics.median(idle):.2f}")
     finally:
-        for key in r.scan_iter(f"{prefix}*"):
-            r.delete(key)
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        clean_up(args.pg, db_url, r, prefix)
 
 
 if __name__ == "__main__":

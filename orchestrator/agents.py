@@ -84,3 +84,10 @@ def agent_to_dict(agent: Agent, holding: list[dict[str, str]] | None = None) -> 
         "last_heartbeat": iso(agent.last_heartbeat), "created_at": iso(agent.created_at),
         **({"holding": holding} if holding is not None else {}),
     }
+
+
+def agents_with_holdings(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """The agents `principal` may see, as the API and the dashboard show them: each with what it holds."""
+    agents = list_agents(session, principal)
+    held = holdings(session, [a.id for a in agents])
+    return [agent_to_dict(a, held[a.id]) for a in agents]

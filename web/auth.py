@@ -104,41 +104,40 @@ def _session_principal() -> Principal:
     return principal
 
 
-def require_user(view: F) -> F:
-    """Only operators (user tokens) may call this view."""
+def _guard(check: Callable[[Principal, dict[str, Any]], None]) -> Callable[[F], F]:
+    """A view decorator that runs `check(principal, url variables)` first; the check raises to refuse."""
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not current_principal().is_user:
-            raise Forbidden("This endpoint takes an operator's token, not an agent's.")
-        return view(*args, **kwargs)
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check(current_principal(), kwargs)
+            return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
 
-
-def require_admin(view: F) -> F:
-    """Only admin operators may call this view; anyone else is told it does not exist."""
-
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        principal = current_principal()
-        if not (principal.is_user and principal.is_admin):
-            raise NotFound("Not found.")
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return decorate
 
 
-def require_agent(view: F) -> F:
-    """Only agents may call this view; an `agent_id` in the URL must be the caller's own."""
+def _operator(principal: Principal, _url: dict[str, Any]) -> None:
+    if not principal.is_user:
+        raise Forbidden("This endpoint takes an operator's token, not an agent's.")
 
-    @functools.wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        principal = current_principal()
-        if not principal.is_agent:
-            raise Forbidden("This endpoint takes an agent's API key.")
-        if "agent_id" in kwargs and kwargs["agent_id"] != principal.id:
-            raise Forbidden("An agent may only act as itself.")
-        return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+def _admin(principal: Principal, _url: dict[str, Any]) -> None:
+    if not (principal.is_user and principal.is_admin):
+        raise NotFound("Not found.")  # anyone else is told it does not exist
+
+
+def _agent_itself(principal: Principal, url: dict[str, Any]) -> None:
+    if not principal.is_agent:
+        raise Forbidden("This endpoint takes an agent's API key.")
+    if "agent_id" in url and url["agent_id"] != principal.id:
+        raise Forbidden("An agent may only act as itself.")
+
+
+# Only operators (user tokens) may call the view.
+require_user = _guard(_operator)
+# Only admin operators may call the view.
+require_admin = _guard(_admin)
+# Only agents may call the view; an `agent_id` in the URL must be the caller's own.
+require_agent = _guard(_agent_itself)

@@ -76,10 +76,15 @@ return out
 
 
 class NotHolder(Conflict):
+    """A new report about a subtask the agent does not hold (never claimed, released, or another's)."""
+
     code = "not_holder"
 
 
 class IdempotencyKeyReused(ValidationFailed):
+    """The agent's idempotency key was used before with another body: replaying the first outcome
+    would tell the agent its second report was applied, which it was not."""
+
     code = "idempotency_key_reused"
 
 

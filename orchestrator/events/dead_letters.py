@@ -16,17 +16,8 @@ import orjson
 import redis
 
 from orchestrator.errors import NotFound
-from orchestrator.events.protocol import (
-    GROUP,
-    OUTCOME_SECONDS,
-    REPLY_SECONDS,
-    Envelope,
-    Keys,
-    MalformedEntry,
-    pending_outcome,
-    rejected_outcome,
-    shard_of,
-)
+from orchestrator.events import protocol
+from orchestrator.events.protocol import Envelope, MalformedEntry, pending_outcome, rejected_outcome, store_outcome
 from orchestrator.models import utcnow
 from orchestrator.publish import iso
 
@@ -69,7 +60,7 @@ def _dead_letter(entry_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
 class DeadLetters:
     def __init__(self, r: redis.Redis, prefix: str) -> None:
         self.redis = r
-        self.keys = Keys(prefix)
+        self.keys = protocol.Keys(prefix)
 
     def add(self, shard: int, stream: str, entry_id: bytes, fields: dict[bytes, bytes], env: Envelope | None,
             reason: str, deliveries: int) -> None:
@@ -81,13 +72,10 @@ class DeadLetters:
             "event_id": env.id if env else "", "execution_id": (env.execution_id or "") if env else "",
             "agent_id": env.agent_id if env else "",
         })
-        pipe.xack(stream, GROUP, entry_id)
+        pipe.xack(stream, protocol.GROUP, entry_id)
         pipe.xdel(stream, entry_id)
         if env is not None:
-            outcome = orjson.dumps(rejected_outcome(env, "rejected", REJECTED_MESSAGE))
-            pipe.set(self.keys.outcome(env.id), outcome, ex=OUTCOME_SECONDS)
-            pipe.rpush(self.keys.reply(env.id), outcome)
-            pipe.expire(self.keys.reply(env.id), REPLY_SECONDS)
+            store_outcome(pipe, self.keys, env.id, orjson.dumps(rejected_outcome(env, "rejected", REJECTED_MESSAGE)))
         pipe.execute()
 
     def count(self) -> int:
@@ -118,14 +106,14 @@ class DeadLetters:
         """Put the original message back at the end of its execution's shard, pending again."""
         dl = self.find(ident)
         try:
-            shard = shard_of(Envelope.decode({b"e": dl.payload}).routing_id, shards)
+            shard = protocol.shard_of(Envelope.decode({b"e": dl.payload}).routing_id, shards)
         except MalformedEntry:
             shard = dl.shard % shards  # it will come back here; requeueing it is the operator's call
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(self.keys.stream(shard), {"e": dl.payload})
         if dl.event_id:
             pipe.set(self.keys.outcome(dl.event_id), pending_outcome(dl.event_id, dl.execution_id, dl.agent_id or ""),
-                     ex=OUTCOME_SECONDS)
+                     ex=protocol.OUTCOME_SECONDS)
             pipe.delete(self.keys.reply(dl.event_id))
         pipe.xdel(self.keys.dead_letters(), dl.id)
         pipe.execute()

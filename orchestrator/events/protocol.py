@@ -55,6 +55,14 @@ class Keys:
         return f"{self.prefix}dead-letters"
 
 
+def store_outcome(pipe: Any, keys: Keys, event_id: str, payload: bytes) -> None:
+    """Queue on `pipe` what makes an outcome known: stored for `GET /api/events/{id}`, and pushed to
+    the POST that may be waiting for it."""
+    pipe.set(keys.outcome(event_id), payload, ex=OUTCOME_SECONDS)
+    pipe.rpush(keys.reply(event_id), payload)
+    pipe.expire(keys.reply(event_id), REPLY_SECONDS)
+
+
 def shard_of(routing_id: str, shards: int) -> int:
     """Events of one execution always land in one shard: that is what keeps them in order.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -17,7 +16,7 @@ from orchestrator.models import Agent, Execution, ExecutionSubtask, PlanSubtask,
 from orchestrator.progress import complete_subtask, load_graphs
 from orchestrator.scheduling import claim_work
 from tests.factories import make_agent, make_plan, make_user
-from tests.workers.helpers import queued_execution
+from tests.workers.helpers import assert_each_claimed_once, queued_execution
 
 
 def claim(db: Database, agent_id: str, actions: set[str] | None = None):
@@ -109,9 +108,7 @@ def test_twenty_concurrent_claimers_never_share_a_subtask(db) -> None:
         t.start()
     for t in threads:
         t.join(120)
-    assert not errors, errors[:3]
-    counts = Counter(claims)
-    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert_each_claimed_once(claims, errors, 200)
     with db.reading() as s:
         assert s.scalar(select(func.count()).select_from(ExecutionSubtask).where(
             ExecutionSubtask.status == "RUNNING")) == 200

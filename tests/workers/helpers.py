@@ -63,3 +63,12 @@ def execution_ids_on_shard(shard: int, shards: int, n: int, stem: str = "exec") 
         if shard_of(candidate, shards) == shard:
             found.append(candidate)
     return found
+
+
+def assert_each_claimed_once(claims: list, errors: list, n: int) -> None:
+    """Concurrent claimers raised nothing, and handed out `n` subtasks, each exactly once."""
+    from collections import Counter
+
+    assert not errors, errors[:3]
+    counts = Counter(claims)
+    assert len(counts) == n and set(counts.values()) == {1}

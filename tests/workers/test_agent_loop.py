@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 import pytest
 import requests
 
 from tests.factories import make_user_with_token
+from tests.workers.helpers import assert_each_claimed_once
 
 pytestmark = pytest.mark.integration
 
@@ -178,9 +178,7 @@ def test_twenty_agents_two_hundred_subtasks_each_exactly_once(operator) -> None:
         stop.set()
         for t in threads:
             t.join(30)
-    assert not errors, errors[:3]
-    counts = Counter(claims)
-    assert len(counts) == 200 and set(counts.values()) == {1}
+    assert_each_claimed_once(claims, errors, 200)
     for e in range(10):
         detail = operator.get(f"/api/executions/exec_crowd_{e}").json()
         assert detail["status"] == "COMPLETED" and detail["progress"]["percent"] == 100

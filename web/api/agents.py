@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from orchestrator.agents import agent_to_dict, get_agent, holdings, list_agents, register_agent
+from orchestrator.agents import agent_to_dict, agents_with_holdings, get_agent, holdings, register_agent
 from orchestrator.models import utcnow
 from web.auth import current_principal, require_user
 from web.schemas.agents import AgentSchema
@@ -28,9 +28,7 @@ def create() -> ResponseReturnValue:
 @require_user
 def index() -> ResponseReturnValue:
     with current_app.extensions["db"].reading() as s:
-        agents = list_agents(s, current_principal())
-        held = holdings(s, [a.id for a in agents])
-        return jsonify({"agents": [agent_to_dict(a, held[a.id]) for a in agents]})
+        return jsonify({"agents": agents_with_holdings(s, current_principal())})
 
 
 @bp.get("/agents/<agent_id>")

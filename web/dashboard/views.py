@@ -20,7 +20,7 @@ from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from orchestrator.agents import agent_to_dict, holdings, list_agents
+from orchestrator.agents import agents_with_holdings
 from orchestrator.credentials import check_password
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.execution_views import execution_detail, list_executions
@@ -135,7 +135,5 @@ def execution(execution_id: str) -> ResponseReturnValue:
 @login_required
 def agents() -> ResponseReturnValue:
     with current_app.extensions["db"].reading() as s:
-        rows = list_agents(s, current_principal())
-        held = holdings(s, [a.id for a in rows])
-        items = [agent_to_dict(a, held[a.id]) for a in rows]
+        items = agents_with_holdings(s, current_principal())
     return render_template("agents.html", agents=items)

@@ -125,13 +125,19 @@ function progressText(p) {
   return p.tasks_completed + "/" + p.tasks_total + " (" + p.percent + "%)";
 }
 
+/* Status badge, progress bar and text, current task: the same on a list row and an execution page.
+   `find(name)` returns the element that shows `name`. */
+function paintProgress(find, s, noTask) {
+  const status = find("status");
+  status.textContent = s.status;
+  status.className = "status status-" + s.status;
+  find("bar").style.width = s.progress.percent + "%";
+  find("progress").textContent = progressText(s.progress);
+  find("current").textContent = s.progress.current_task_title || noTask;
+}
+
 function updateListRow(row, msg) {
-  const status = row.querySelector('[data-field="status"]');
-  status.textContent = msg.status;
-  status.className = "status status-" + msg.status;
-  row.querySelector('[data-field="bar"]').style.width = msg.progress.percent + "%";
-  row.querySelector('[data-field="progress"]').textContent = progressText(msg.progress);
-  row.querySelector('[data-field="current"]').textContent = msg.progress.current_task_title || "";
+  paintProgress((name) => row.querySelector('[data-field="' + name + '"]'), msg, "");
   const updated = row.querySelector('[data-field="updated"]');
   updated.dateTime = msg.timestamp;
   updated.textContent = fmtTime(msg.timestamp);
@@ -189,12 +195,7 @@ function initExecutionPage() {
   let refreshTimer = null;
 
   function renderSummary(s) {
-    const status = document.getElementById("ex-status");
-    status.textContent = s.status;
-    status.className = "status status-" + s.status;
-    document.getElementById("ex-bar").style.width = s.progress.percent + "%";
-    document.getElementById("ex-progress").textContent = progressText(s.progress);
-    document.getElementById("ex-current").textContent = s.progress.current_task_title || "—";
+    paintProgress((name) => document.getElementById("ex-" + name), s, "—");
     document.getElementById("ex-message").textContent = s.status_message || "";
     for (const button of document.querySelectorAll("[data-control]")) {
       button.disabled = !CONTROL_FROM[button.dataset.control].includes(s.status);
