@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from orchestrator.credentials import Principal
 from orchestrator.db import flush_new
+from orchestrator.effects import AfterCommit
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from orchestrator.event_log import record_event, record_transition
+from orchestrator.event_log import record_event
 from orchestrator.ids import ID_RULE, is_valid_id, prefixed
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, Plan, PlanTask
 from orchestrator.progress import ExecutionGraph, load_graphs, retry_subtask, skip_task
@@ -24,8 +25,9 @@ from orchestrator.state_machine import (
     InvalidStateTransition,
     SubtaskStatus,
     TaskStatus,
-    transition,
+    settle_on_tasks,
 )
+from orchestrator.transitions import move_execution
 
 
 def _check_row_keys(plan: Plan, execution_id: str) -> None:
@@ -41,21 +43,8 @@ def _check_row_keys(plan: Plan, execution_id: str) -> None:
                                    f"{allowed} characters.", execution_id=execution_id, max_length=allowed)
 
 
-def create_execution(
-    session: Session,
-    owner_id: str,
-    plan_id: str,
-    now: datetime,
-    *,
-    agent_id: str | None = None,
-    execution_id: str | None = None,
-) -> Execution:
-    """A CREATED execution of `plan_id` with a row per task and subtask.
-
-    Each subtask waits on its own prerequisites and on every subtask of its task's prerequisite
-    tasks (`prerequisite_ids`, counted in `waiting_on`), so the poll can find ready work with one
-    indexed query. A plan with a task that has no subtasks yet is refused: decompose it first.
-    """
+def _plan_to_run(session: Session, owner_id: str, plan_id: str, agent_id: str | None) -> Plan:
+    """The owner's plan, with its tasks and subtasks, if it can run (and the agent may be assigned)."""
     plan = session.scalar(
         select(Plan).where(Plan.id == plan_id).options(selectinload(Plan.tasks).selectinload(PlanTask.subtasks))
     )
@@ -74,18 +63,13 @@ def create_execution(
             "Every task needs at least one subtask before it can run; decompose these first.",
             undecomposed_task_ids=undecomposed,
         )
-    execution_id = execution_id or prefixed("exec")
-    _check_row_keys(plan, execution_id)
-    conflict = Conflict(f"Execution {execution_id} already exists.", execution_id=execution_id)
-    if session.get(Execution, execution_id) is not None:
-        raise conflict
+    return plan
 
+
+def _add_task_rows(session: Session, plan: Plan, execution_id: str) -> None:
+    """A row per task and per subtask, each subtask waiting on its own prerequisites and on every
+    subtask of its task's prerequisite tasks."""
     subtask_ids_of = {t.id: [s.id for s in t.subtasks] for t in plan.tasks}
-    ex = Execution(
-        id=execution_id, plan_id=plan.id, agent_id=agent_id, owner_id=owner_id, status="CREATED",
-        tasks_total=len(plan.tasks), tasks_completed=0, current_task_id=plan.tasks[0].id, created_at=now,
-    )
-    session.add(ex)
     position = 0
     for t_index, task in enumerate(plan.tasks):
         et = ExecutionTask(
@@ -104,6 +88,35 @@ def create_execution(
                 prerequisite_ids=prereqs, waiting_on=len(prereqs),
             ))
             position += 1
+
+
+def create_execution(
+    session: Session,
+    owner_id: str,
+    plan_id: str,
+    now: datetime,
+    *,
+    agent_id: str | None = None,
+    execution_id: str | None = None,
+) -> Execution:
+    """A CREATED execution of `plan_id` with a row per task and subtask.
+
+    Each subtask waits on its own prerequisites and on every subtask of its task's prerequisite
+    tasks (`prerequisite_ids`, counted in `waiting_on`), so the poll can find ready work with one
+    indexed query. A plan with a task that has no subtasks yet is refused: decompose it first.
+    """
+    plan = _plan_to_run(session, owner_id, plan_id, agent_id)
+    execution_id = execution_id or prefixed("exec")
+    _check_row_keys(plan, execution_id)
+    conflict = Conflict(f"Execution {execution_id} already exists.", execution_id=execution_id)
+    if session.get(Execution, execution_id) is not None:
+        raise conflict
+    ex = Execution(
+        id=execution_id, plan_id=plan.id, agent_id=agent_id, owner_id=owner_id, status="CREATED",
+        tasks_total=len(plan.tasks), tasks_completed=0, current_task_id=plan.tasks[0].id, created_at=now,
+    )
+    session.add(ex)
+    _add_task_rows(session, plan, execution_id)
     flush_new(session, conflict)
     record_event(session, execution_id, "execution_created", now, source="user",
                  message=f"Execution of plan {plan.id} created", status="created",
@@ -113,13 +126,11 @@ def create_execution(
 
 @dataclass
 class Change:
-    """What an operator's change did, and what to publish and log once it has committed."""
+    """What an operator's change did (the execution's status now), and what it left for after the commit."""
 
     execution_id: str
     status: str
-    transitions: list[tuple[str, str, str]] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    events: list[ExecutionEvent] = field(default_factory=list)
+    after: AfterCommit = field(default_factory=AfterCommit)
 
 
 def announce_created(session: Session, ex: Execution, now: datetime) -> Change:
@@ -129,8 +140,8 @@ def announce_created(session: Session, ex: Execution, now: datetime) -> Change:
     events = session.scalars(select(ExecutionEvent).where(ExecutionEvent.execution_id == ex.id))
     title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
                                                         PlanTask.id == ex.current_task_id))
-    return Change(ex.id, ex.status, messages=[*(event_message(ev, ex.owner_id) for ev in events),
-                                              execution_update(ex, title, now)])
+    messages = [*(event_message(ev, ex.owner_id) for ev in events), execution_update(ex, title, now)]
+    return Change(ex.id, ex.status, AfterCommit(messages=messages))
 
 
 def owned_graph(session: Session, principal: Principal, execution_id: str) -> ExecutionGraph:
@@ -142,40 +153,20 @@ def owned_graph(session: Session, principal: Principal, execution_id: str) -> Ex
 
 
 def _move(session: Session, g: ExecutionGraph, change: Change, target: str, now: datetime, reason: str) -> None:
-    ex = g.execution
-    old = ex.status
-    ex.status = transition(old, target)
-    if target == ExecutionStatus.RUNNING and ex.started_at is None:
-        ex.started_at = now
-    if target in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
-        ex.completed_at = now
-    ex.status_message = {
-        ExecutionStatus.PAUSED: "Paused by an operator.", ExecutionStatus.CANCELLED: "Cancelled by an operator.",
-        ExecutionStatus.RUNNING: "Running.", ExecutionStatus.COMPLETED: "All tasks complete.",
-        ExecutionStatus.QUEUED: "Queued: waiting for an agent.", ExecutionStatus.BLOCKED: "Waiting for a person.",
-        ExecutionStatus.FAILED: "A subtask failed with no attempts left.",
-    }.get(target, ex.status_message)
-    change.events.append(record_transition(session, ex.id, old, target, now, source="user", reason=reason))
-    change.transitions.append((ex.id, old, target))
+    move_execution(session, g.execution, target, now, change.after, reason=reason, source="user")
 
 
-def _settle_running(session: Session, g: ExecutionGraph, change: Change, now: datetime, reason: str) -> None:
-    """A RUNNING execution goes on to where its tasks say it is: COMPLETED, BLOCKED or FAILED."""
-    if g.execution.status != ExecutionStatus.RUNNING:
-        return
-    if g.all_done():
-        _move(session, g, change, ExecutionStatus.COMPLETED, now, reason)
-    elif any(t.status == TaskStatus.BLOCKED for t in g.tasks.values()):
-        _move(session, g, change, ExecutionStatus.BLOCKED, now, reason)
-    elif any(t.status == TaskStatus.ERROR for t in g.tasks.values()):
-        _move(session, g, change, ExecutionStatus.FAILED, now, reason)
+def _follow_tasks(session: Session, g: ExecutionGraph, change: Change, now: datetime, reason: str) -> None:
+    """Work may have finished, blocked or failed while the execution was not RUNNING: catch up."""
+    statuses = {t.status for t in g.tasks.values()}
+    for target in settle_on_tasks(g.execution.status, statuses, g.all_done()):
+        _move(session, g, change, target, now, reason)
 
 
-def _finish(g: ExecutionGraph, change: Change, now: datetime, title: str | None = None) -> Change:
+def _finish(g: ExecutionGraph, change: Change, now: datetime) -> Change:
     ex = g.execution
     change.status = ex.status
-    change.messages = [event_message(ev, ex.owner_id) for ev in change.events]
-    change.messages.append(execution_update(ex, title, now))
+    change.after.messages.append(execution_update(ex, None, now))
     return change
 
 
@@ -198,8 +189,7 @@ def control_execution(session: Session, principal: Principal, execution_id: str,
         ex.pause_requested = True
     elif target == ExecutionStatus.RUNNING:
         ex.pause_requested = False
-        # Work may have finished, blocked or failed while paused.
-        _settle_running(session, g, change, now, reason="resumed")
+        _follow_tasks(session, g, change, now, reason="resumed")
     elif target == ExecutionStatus.CANCELLED:
         ex.cancel_requested = True
     return _finish(g, change, now)
@@ -242,11 +232,12 @@ def resolve_blocked_task(session: Session, principal: Principal, execution_id: s
         ex.cancel_requested = True
     else:
         raise ValidationFailed(f"{option!r} has no meaning here.", offered=offered)
-    change.events.append(record_event(
+    resolved = record_event(
         session, ex.id, "task_resolved", now, source="user", task_id=task.plan_task_id, status="running",
         message=f"Block on {task.plan_task_id} resolved: {option}", output_data={"option": option, "params": params},
-    ))
+    )
+    change.after.messages.append(event_message(resolved, ex.owner_id))
     if ex.status == ExecutionStatus.BLOCKED and not any(t.status == TaskStatus.BLOCKED for t in g.tasks.values()):
         _move(session, g, change, ExecutionStatus.RUNNING, now, reason="resolved")
-        _settle_running(session, g, change, now, reason="resolved")
+        _follow_tasks(session, g, change, now, reason="resolved")
     return _finish(g, change, now)

@@ -17,12 +17,13 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from orchestrator.agents import capability_actions
+from orchestrator.effects import AfterCommit
 from orchestrator.errors import Forbidden, NotFound
-from orchestrator.event_log import record_transition
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
 from orchestrator.progress import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
-from orchestrator.publish import event_message, execution_update
-from orchestrator.state_machine import ExecutionStatus, SubtaskStatus, transition
+from orchestrator.publish import execution_update
+from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
+from orchestrator.transitions import move_execution
 
 CONTEXT_ITEMS = 5
 # Candidates one poll tries when the first turns out unfit once locked (a race with a person).
@@ -32,10 +33,7 @@ MAX_CANDIDATES = 5
 @dataclass
 class ClaimResult:
     payload: dict[str, Any] | None  # the guide's 200 body, or None for 204
-    holds: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, subtask, agent) to record
-    released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    after: AfterCommit = field(default_factory=AfterCommit)
 
 
 def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime,
@@ -123,7 +121,7 @@ def _force_flags(session: Session, agent_id: str, result: ClaimResult, now: date
             sub = g.subtasks[h.plan_subtask_id]
             sub.agent_id = None
             skip_subtask(g, sub, now)
-            result.released.setdefault(h.execution_id, []).append(h.plan_subtask_id)
+            result.after.release(h.execution_id, h.plan_subtask_id)
     return {
         "force_pause": bool(paused),
         "force_cancel": bool(cancelled),
@@ -181,19 +179,13 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
         before = (ex.status, ex.current_task_id)
         start_subtask(g, sub, agent_id, now)
         if ex.status == ExecutionStatus.QUEUED:
-            ex.status = transition(ex.status, ExecutionStatus.RUNNING)
-            ex.started_at = ex.started_at or now
-            ex.status_message = "Running."
-            ev = record_transition(session, ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, now,
-                                   reason="first claim")
-            result.messages.append(event_message(ev, ex.owner_id))
-            result.transitions.append((ex.id, ExecutionStatus.QUEUED, ExecutionStatus.RUNNING))
-        result.holds.append((ex.id, sub.plan_subtask_id, agent_id))
+            move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
+        result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))
         result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
         if (ex.status, ex.current_task_id) != before:  # the dashboard shows status and current task only
             title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
                                                                 PlanTask.id == ex.current_task_id))
-            result.messages.append(execution_update(ex, title, now))
+            result.after.messages.append(execution_update(ex, title, now))
     elif forced:
         result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
                           **force}

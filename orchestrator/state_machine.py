@@ -7,6 +7,7 @@ what they return, so the rules can be tested exhaustively (see tests/orchestrato
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -82,6 +83,29 @@ def transition(current: str, target: str) -> str:
     return target
 
 
+# The one status message of each state an execution can move to, whoever moves it.
+STATUS_MESSAGES: dict[str, str] = {
+    ExecutionStatus.QUEUED: "Queued: waiting for an agent.",
+    ExecutionStatus.RUNNING: "Running.",
+    ExecutionStatus.PAUSED: "Paused by an operator.",
+    ExecutionStatus.BLOCKED: "Waiting for a person.",
+    ExecutionStatus.COMPLETED: "All tasks complete.",
+    ExecutionStatus.FAILED: "A subtask failed with no attempts left.",
+    ExecutionStatus.CANCELLED: "Cancelled by an operator.",
+}
+# States whose message names their cause when the mover knows it (the agent's error, the sweeper's finding):
+# the owner reads it on the dashboard to decide what to do.
+EXPLAINED_STATES = frozenset({ExecutionStatus.BLOCKED, ExecutionStatus.FAILED})
+
+
+def status_message(target: str, detail: str | None = None) -> str:
+    """The status message of an execution that has just moved to `target`."""
+    text = STATUS_MESSAGES[target]
+    if detail and target in EXPLAINED_STATES:
+        return f"{text.removesuffix('.')}: {detail}"
+    return text
+
+
 def log_transition(execution_id: str, current: str, target: str) -> None:
     """The one log line every transition leaves, written once it has committed."""
     log.info("Execution %s transitioned: %s -> %s", execution_id, current, target)
@@ -151,6 +175,36 @@ def settle(current: str, facts: EventFacts) -> list[str]:
         state = transition(state, target)
         path.append(state)
     raise RuntimeError("derive_state did not settle")  # pragma: no cover - a bug in the table
+
+
+def settle_on_tasks(current: str, task_statuses: Collection[str], all_done: bool) -> list[str]:
+    """Where a RUNNING execution goes once its tasks have moved without it (work finished, blocked or
+    failed while it was PAUSED or BLOCKED): COMPLETED, else BLOCKED, else FAILED, else nowhere.
+
+    Any other state stays: only a RUNNING execution follows its tasks.
+    """
+    if current != ExecutionStatus.RUNNING:
+        return []
+    if all_done:
+        target = ExecutionStatus.COMPLETED
+    elif TaskStatus.BLOCKED in task_statuses:
+        target = ExecutionStatus.BLOCKED
+    elif TaskStatus.ERROR in task_statuses:
+        target = ExecutionStatus.FAILED
+    else:
+        return []
+    return [transition(current, target)]
+
+
+def settle_taken_back(current: str, retrying: bool) -> list[str]:
+    """Where an execution goes when a subtask is taken back from its agent (timed out, or the agent
+    went silent): as after the agent's own error that needs no person, except that a move the table
+    forbids is no move. A PAUSED or BLOCKED execution cannot fail; it fails when it runs again and
+    `settle_on_tasks` finds the failed task."""
+    try:
+        return settle(current, EventFacts("task_error", retries_left=retrying))
+    except InvalidStateTransition:
+        return []
 
 
 CONTROL_TARGETS = {

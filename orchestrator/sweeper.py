@@ -4,13 +4,12 @@ Two reasons to take a subtask away from its agent: it has been running longer th
 `timeout_hours` ("subtask_timeout"), or its agent has gone quiet for longer than the heartbeat
 window ("agent_silent"). Both go through the same graph moves as an agent's own `task_error`
 (orchestrator.progress), so a retry after a timeout looks exactly like a retry after an error.
-Beat runs this every SWEEP_INTERVAL_SECONDS through workers.tasks.sweep_work.
+Beat runs `release_overdue_work` every SWEEP_INTERVAL_SECONDS (workers.tasks.release_overdue_work).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,12 +20,13 @@ from sqlalchemy.orm import Session
 
 from orchestrator import event_log, progress, state_machine
 from orchestrator.db import Database
-from orchestrator.holds import release_holds
+from orchestrator.effects import AfterCommit, carry_out
 from orchestrator.models import Agent, ExecutionSubtask, PlanSubtask, PlanTask
-from orchestrator.publish import event_message, execution_update, iso, publish
+from orchestrator.publish import event_message, execution_update, iso
 from orchestrator.retry import RetryPolicy
 from orchestrator.settings import Settings
-from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
+from orchestrator.state_machine import SubtaskStatus
+from orchestrator.transitions import move_execution
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,22 @@ SILENT = "agent_silent"
 
 
 @dataclass
-class SweepResult:
-    released_holds: dict[str, list[str]] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+class TakenBack:
+    """How many subtasks were taken back and why, and what that left for after the commit."""
+
+    after: AfterCommit = field(default_factory=AfterCommit)
     timed_out: int = 0
     silent: int = 0
+
+
+@dataclass
+class _Due:
+    """A RUNNING subtask that may be due, with what deciding needs, loaded with its execution locked."""
+
+    g: progress.ExecutionGraph
+    sub: ExecutionSubtask
+    plan_sub: PlanSubtask
+    last_seen: datetime | None
 
 
 def _reason(claimed_at: datetime | None, timeout_hours: int | None, agent_id: str | None,
@@ -83,99 +93,103 @@ def _candidates(session: Session, now: datetime, window: timedelta, limit: int) 
     return [r.id for r in due[:limit]]
 
 
-def sweep(session: Session, now: datetime, heartbeat_window_seconds: int, limit: int = 500) -> SweepResult:
-    """Take back what is due, inside the caller's unit of work; the caller does the after-commit work."""
-    result = SweepResult()
-    window = timedelta(seconds=heartbeat_window_seconds)
-    ids = _candidates(session, now, window, limit)
-    if not ids:
-        return result
+def _lock_due(session: Session, ids: list[str]) -> list[_Due]:
+    """The candidates `ids` on their locked executions, with their plan subtasks and holders' heartbeats."""
     execution_ids = session.scalars(
         select(ExecutionSubtask.execution_id).where(ExecutionSubtask.id.in_(ids)).distinct()
     ).all()
-    # Lock the executions, then decide again on the locked rows: an agent's event or a person may
-    # have moved a subtask between the candidate query and the lock.
     graphs = progress.load_graphs(session, execution_ids, lock=True)
     wanted = set(ids)
     subs = [(g, s) for g in graphs.values() for s in g.subtasks.values() if s.id in wanted]
+    if not subs:
+        return []
     plan_subs = {
         (p.plan_id, p.id): p for p in session.scalars(select(PlanSubtask).where(
             tuple_(PlanSubtask.plan_id, PlanSubtask.id).in_({(s.plan_id, s.plan_subtask_id) for _, s in subs})))
-    } if subs else {}
+    }
     holders = {s.agent_id for _, s in subs if s.agent_id}
     heartbeats = dict(session.execute(
         select(Agent.id, Agent.last_heartbeat).where(Agent.id.in_(holders))
     ).all()) if holders else {}
+    return [_Due(g, s, plan_subs[(s.plan_id, s.plan_subtask_id)], heartbeats.get(s.agent_id) if s.agent_id else None)
+            for g, s in subs]
 
-    released: dict[str, list[str]] = defaultdict(list)
+
+def _take_back(session: Session, due: _Due, kind: str, now: datetime, result: TakenBack) -> None:
+    """Give `due`'s subtask another attempt, or fail it (and a RUNNING execution with it)."""
+    g, sub, plan_sub = due.g, due.sub, due.plan_sub
+    ex = g.execution
+    message = _message(kind, sub, plan_sub.timeout_hours, due.last_seen)
+    holder = sub.agent_id
+    details: dict[str, Any] = {"reason": kind, "attempt": sub.attempt, "max_attempts": sub.max_attempts}
+    # A finished execution never hands work out again, so retrying there would only leave a
+    # QUEUED row behind; the subtask just fails.
+    retrying = progress.retries_left(sub) and ex.status not in state_machine.FINISHED_STATES
+    if retrying:
+        retry_at = progress.retry_subtask(sub, RetryPolicy.from_json(plan_sub.retry_policy), message, now, g=g)
+        details.update(retry_scheduled=True, next_attempt=sub.attempt, not_before=iso(retry_at))
+    else:
+        progress.fail_subtask(g, sub, message, now)
+        details.update(retry_scheduled=False, attempts_exhausted=True)
+    ev = event_log.record_event(
+        session, ex.id, kind, now, source="system", subtask_id=sub.plan_subtask_id,
+        task_id=g.task_of(sub).plan_task_id, status="error", message=message, output_data=details,
+        agent_id=holder,
+    )
+    result.after.messages.append(event_message(ev, ex.owner_id))
+    for target in state_machine.settle_taken_back(ex.status, retrying):
+        move_execution(session, ex, target, now, result.after, reason=kind, detail=message)
+    result.after.release(ex.id, sub.plan_subtask_id)
+
+
+def _announce(session: Session, graphs: list[progress.ExecutionGraph], now: datetime, result: TakenBack) -> None:
+    """The state of each execution touched, for the dashboard."""
+    current = {(g.execution.plan_id, g.execution.current_task_id) for g in graphs if g.execution.current_task_id}
+    titles = {
+        (plan_id, task_id): title for plan_id, task_id, title in session.execute(
+            select(PlanTask.plan_id, PlanTask.id, PlanTask.title)
+            .where(tuple_(PlanTask.plan_id, PlanTask.id).in_(current)))
+    } if current else {}
+    for g in graphs:
+        ex = g.execution
+        result.after.messages.append(execution_update(ex, titles.get((ex.plan_id, ex.current_task_id)), now))
+
+
+def take_back_overdue(session: Session, now: datetime, heartbeat_window_seconds: int,
+                      limit: int = 500) -> TakenBack:
+    """Take back what is due, inside the caller's unit of work; the caller carries out `after` once
+    it has committed."""
+    result = TakenBack()
+    window = timedelta(seconds=heartbeat_window_seconds)
+    ids = _candidates(session, now, window, limit)
+    if not ids:
+        return result
     touched: dict[str, progress.ExecutionGraph] = {}
-    for g, sub in subs:
-        plan_sub = plan_subs[(sub.plan_id, sub.plan_subtask_id)]
-        last_seen = heartbeats.get(sub.agent_id) if sub.agent_id else None
-        if sub.status != SubtaskStatus.RUNNING:
+    # Decided again on the locked rows: an agent's event or a person may have moved a subtask
+    # between the candidate query and the lock.
+    for due in _lock_due(session, ids):
+        if due.sub.status != SubtaskStatus.RUNNING:
             continue
-        kind = _reason(sub.claimed_at, plan_sub.timeout_hours, sub.agent_id, last_seen, now, window)
+        kind = _reason(due.sub.claimed_at, due.plan_sub.timeout_hours, due.sub.agent_id, due.last_seen, now, window)
         if kind is None:
             continue
-        message = _message(kind, sub, plan_sub.timeout_hours, last_seen)
-        holder = sub.agent_id
-        ex = g.execution
-        details: dict[str, Any] = {"reason": kind, "attempt": sub.attempt, "max_attempts": sub.max_attempts}
-        # A finished execution never hands work out again, so retrying there would only leave a
-        # QUEUED row behind; the subtask just fails.
-        if progress.retries_left(sub) and ex.status not in state_machine.FINISHED_STATES:
-            retry_at = progress.retry_subtask(sub, RetryPolicy.from_json(plan_sub.retry_policy), message, now, g=g)
-            details.update(retry_scheduled=True, next_attempt=sub.attempt, not_before=iso(retry_at))
-        else:
-            progress.fail_subtask(g, sub, message, now)
-            details.update(retry_scheduled=False, attempts_exhausted=True)
-        ev = event_log.record_event(
-            session, ex.id, kind, now, source="system", subtask_id=sub.plan_subtask_id,
-            task_id=g.task_of(sub).plan_task_id, status="error", message=message, output_data=details,
-            agent_id=holder,
-        )
-        result.messages.append(event_message(ev, ex.owner_id))
-        # Only RUNNING may fail; a PAUSED or BLOCKED execution fails when it resumes (its tasks say so).
-        if not details["retry_scheduled"] and ex.status == ExecutionStatus.RUNNING:
-            old = ex.status
-            ex.status = state_machine.transition(old, ExecutionStatus.FAILED)
-            ex.completed_at = now
-            ex.status_message = f"A subtask failed with no attempts left: {message}"
-            ev = event_log.record_transition(session, ex.id, old, ex.status, now, reason=kind)
-            result.messages.append(event_message(ev, ex.owner_id))
-            result.transitions.append((ex.id, old, ex.status))
-        released[ex.id].append(sub.plan_subtask_id)
-        touched[ex.id] = g
+        _take_back(session, due, kind, now, result)
+        touched[due.g.execution.id] = due.g
         if kind == TIMEOUT:
             result.timed_out += 1
         else:
             result.silent += 1
-
     if touched:
-        current = {(g.execution.plan_id, g.execution.current_task_id) for g in touched.values()
-                   if g.execution.current_task_id}
-        titles = {
-            (plan_id, task_id): title for plan_id, task_id, title in session.execute(
-                select(PlanTask.plan_id, PlanTask.id, PlanTask.title)
-                .where(tuple_(PlanTask.plan_id, PlanTask.id).in_(current)))
-        } if current else {}
-        for g in touched.values():
-            ex = g.execution
-            result.messages.append(execution_update(ex, titles.get((ex.plan_id, ex.current_task_id)), now))
-    result.released_holds = dict(released)
+        _announce(session, list(touched.values()), now, result)
     session.flush()
     return result
 
 
-def apply_sweep(db: Database, r: redis.Redis, settings: Settings, now: datetime) -> SweepResult:
-    """Sweep in one transaction; release holds, publish and log only once it has committed."""
+def release_overdue_work(db: Database, r: redis.Redis, settings: Settings, now: datetime) -> TakenBack:
+    """Take back what is due in one transaction; release holds, publish and log only once it has committed."""
     with db.unit_of_work() as session:
-        result = sweep(session, now, settings.heartbeat_window_seconds)
-    for execution_id, subtask_ids in result.released_holds.items():
-        release_holds(r, settings.redis_key_prefix, execution_id, subtask_ids)
-    publish(r, settings.redis_key_prefix, result.messages)
-    for execution_id, old, new in result.transitions:
-        state_machine.log_transition(execution_id, old, new)
+        result = take_back_overdue(session, now, settings.heartbeat_window_seconds)
+    carry_out(r, settings.redis_key_prefix, result.after)
     if result.timed_out or result.silent:
-        log.info("sweep: %d timed out, %d held by silent agents", result.timed_out, result.silent)
+        log.info("overdue work: %d timed out, %d held by silent agents", result.timed_out, result.silent)
     return result

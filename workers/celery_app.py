@@ -30,7 +30,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "orchestrator",
         "worker_hijack_root_logger": False,
         "beat_schedule": {
-            "sweep": {"task": "workers.tasks.sweep", "schedule": float(settings.sweep_interval_seconds)},
+            "rescue-stalled-work": {"task": "workers.tasks.rescue_stalled_work",
+                                    "schedule": float(settings.sweep_interval_seconds)},
         },
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         "timezone": "UTC",

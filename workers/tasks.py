@@ -8,10 +8,10 @@ from typing import Any
 import requests
 from celery import Task, shared_task
 
+from orchestrator import sweeper
 from orchestrator.events.drain import ShardDrainer, backlog_shards
 from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook
-from orchestrator.sweeper import apply_sweep
 from workers.runtime import runtime_for
 
 log = logging.getLogger(__name__)
@@ -37,21 +37,21 @@ def drain(self: Task, shard: int) -> dict[str, Any]:
     return {"applied": stats.applied, "batches": stats.batches, "dead_lettered": stats.dead_lettered}
 
 
-@shared_task(name="workers.tasks.sweep", bind=True, ignore_result=True)
-def sweep(self: Task) -> None:
-    """Beat's safety net: drain shards a lost trigger left behind, release timed-out work."""
+@shared_task(name="workers.tasks.rescue_stalled_work", bind=True, ignore_result=True)
+def rescue_stalled_work(self: Task) -> None:
+    """Beat's safety net: drain shards a lost trigger left behind, release overdue work."""
     rt = runtime_for(self.app)
     s = rt.settings
     for shard in backlog_shards(rt.redis, s.redis_key_prefix, s.ingest_shards):
         drain.delay(shard)
-    sweep_work.delay()
+    release_overdue_work.delay()
 
 
-@shared_task(name="workers.tasks.sweep_work", bind=True, ignore_result=True)
-def sweep_work(self: Task) -> None:
+@shared_task(name="workers.tasks.release_overdue_work", bind=True, ignore_result=True)
+def release_overdue_work(self: Task) -> None:
     """Subtasks past their timeout, or held by silent agents, go back for retry or fail."""
     rt = runtime_for(self.app)
-    apply_sweep(rt.db, rt.redis, rt.settings, utcnow())
+    sweeper.release_overdue_work(rt.db, rt.redis, rt.settings, utcnow())
 
 
 @shared_task(name="workers.tasks.notify_owner", bind=True, ignore_result=True, max_retries=8,

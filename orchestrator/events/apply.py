@@ -3,14 +3,13 @@
 `apply_batch` runs inside the caller's unit of work. It skips events already in the log (a batch
 delivered again after a crash: invariant 2), locks the touched executions, moves their subtasks,
 tasks and state through `progress` and the state machine, and adds every event row at once.
-It returns what must happen only after commit: replies, pub/sub messages, released holds,
-transition log lines and owner notifications (invariant 5).
+It returns each event's outcome and, in an `AfterCommit`, what must happen only after the commit:
+pub/sub messages, released holds, transition log lines and owner notifications (invariant 5).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orchestrator.event_log import record_transition
+from orchestrator.effects import AfterCommit
 from orchestrator.events.protocol import Envelope, rejected_outcome
 from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
 from orchestrator.progress import (
@@ -40,28 +39,22 @@ from orchestrator.state_machine import (
     SubtaskStatus,
     settle,
 )
+from orchestrator.transitions import move_execution
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BatchResult:
-    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    released_holds: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    transitions: list[tuple[str, str, str]] = field(default_factory=list)
-    notifications: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)  # event id → its outcome
+    after: AfterCommit = field(default_factory=AfterCommit)
     applied: int = 0
     duplicates: int = 0
 
     def merge(self, other: BatchResult) -> None:
-        """Add what another (already committed) batch must do after its commit."""
+        """Add another (already committed) batch: its outcomes, counts and what it must do after its commit."""
         self.outcomes.update(other.outcomes)
-        self.messages += other.messages
-        for execution_id, subtask_ids in other.released_holds.items():
-            self.released_holds[execution_id] += subtask_ids
-        self.transitions += other.transitions
-        self.notifications += other.notifications
+        self.after.merge(other.after)
         self.applied += other.applied
         self.duplicates += other.duplicates
 
@@ -142,7 +135,7 @@ class _Applier:
         row.outcome = outcome
         self.rows.append(row)
         self.result.outcomes[env.id] = outcome
-        self.result.messages.append(event_message(row, g.execution.owner_id))
+        self.result.after.messages.append(event_message(row, g.execution.owner_id))
         self.touched[g.execution.id] = g
         self.result.applied += 1
 
@@ -178,7 +171,7 @@ class _Applier:
             facts = EventFacts(kind, human_review_required=bool(body.get("human_review_required")),
                                blocking=True)
             extra = {"human_review_required": True, "escalated_to": ex.owner_id, "next_step_options": options}
-            self.result.notifications.append({
+            self.result.after.notifications.append({
                 "execution_id": ex.id, "owner_id": ex.owner_id, "task_id": g.task_of(sub).plan_task_id,
                 "subtask_id": sub.plan_subtask_id, "error_type": body.get("error_type"), "error_message": error_text,
                 "suggestions": body.get("suggestions") or [], "next_step_options": options,
@@ -205,22 +198,9 @@ class _Applier:
         return {**self._ok(env, g), **extra}
 
     def _move(self, g: ExecutionGraph, path: list[str], kind: str, error_text: str | None) -> None:
-        ex = g.execution
-        for new in path:
-            old = ex.status
-            ex.status = new
-            if new == ExecutionStatus.RUNNING and ex.started_at is None:
-                ex.started_at = self.now
-            if new in FINISHED_STATES:
-                ex.completed_at = self.now
-            ex.status_message = {
-                ExecutionStatus.COMPLETED: "All tasks complete.",
-                ExecutionStatus.FAILED: f"A subtask failed with no attempts left: {error_text}",
-                ExecutionStatus.BLOCKED: f"Waiting for a person: {error_text}",
-            }.get(new, ex.status_message)
-            ev = record_transition(self.session, ex.id, old, new, self.now, reason=kind)
-            self.result.messages.append(event_message(ev, ex.owner_id))
-            self.result.transitions.append((ex.id, old, new))
+        for target in path:
+            move_execution(self.session, g.execution, target, self.now, self.result.after, reason=kind,
+                           detail=error_text)
 
     def _ok(self, env: Envelope, g: ExecutionGraph) -> dict[str, Any]:
         ex = g.execution
@@ -243,7 +223,7 @@ class _Applier:
         return self.info.subtasks[(plan_id, sub.plan_subtask_id)]
 
     def _release(self, execution_id: str, sub: ExecutionSubtask) -> None:
-        self.result.released_holds[execution_id].append(sub.plan_subtask_id)
+        self.result.after.release(execution_id, sub.plan_subtask_id)
 
     def finish(self) -> BatchResult:
         """Write the heartbeats, then add the event rows: they are inserted by the commit's final
@@ -256,7 +236,7 @@ class _Applier:
         for g in self.touched.values():
             ex = g.execution
             title = self.info.task_titles.get((ex.plan_id, ex.current_task_id or ""))
-            self.result.messages.append(execution_update(ex, title, self.now))
+            self.result.after.messages.append(execution_update(ex, title, self.now))
         self.session.add_all(self.rows)
         return self.result
 

@@ -55,7 +55,7 @@ def test_events_apply_in_order_within_a_batch(db, redis, migrated) -> None:
     assert result.outcomes[complete.id]["status"] == "COMPLETED"
     assert result.outcomes[late_error.id]["applied"] is False
     assert result.outcomes[late_error.id]["error"]["code"] == "execution_finished"
-    assert [t[1:] for t in result.transitions] == [("RUNNING", "COMPLETED")]
+    assert [t[1:] for t in result.after.transitions] == [("RUNNING", "COMPLETED")]
 
 
 def test_dependents_wait_for_prerequisites(db, redis, migrated) -> None:
@@ -90,7 +90,7 @@ def test_block_records_suggestions_and_options(db, redis, migrated) -> None:
     claim(db, redis, migrated, scene, "task_0_a")
     result = apply(db, [env(scene, {"event_type": "task_blocked", "task_id": "task_0_a",
                                     "error_message": "No answer", "suggestions": ["Call"]})])
-    assert result.notifications[0]["suggestions"] == ["Call"]
+    assert result.after.notifications[0]["suggestions"] == ["Call"]
     with db.reading() as s:
         ex = s.get(Execution, scene.execution_id)
         task = s.scalar(select(ExecutionTask).where(ExecutionTask.execution_id == scene.execution_id))

@@ -75,10 +75,10 @@ def test_control_follows_the_state_machine(db, owner, current, target) -> None:
         assert ex.status == current and [e.event_type for e in events] == ["execution_created"]
         return
     change = control(db, owner, target)
-    assert change.status == target and change.transitions == [(EXEC, current, target)]
-    assert [(m["type"], m.get("event_type")) for m in change.messages] == [("event", "status_change"),
+    assert change.status == target and change.after.transitions == [(EXEC, current, target)]
+    assert [(m["type"], m.get("event_type")) for m in change.after.messages] == [("event", "status_change"),
                                                                           ("execution_update", None)]
-    assert change.messages[-1]["status"] == target
+    assert change.after.messages[-1]["status"] == target
     ex, _, _, events = state(db)
     assert ex.status == target
     last = events[-1]
@@ -105,7 +105,7 @@ def test_resume_goes_on_to_where_the_tasks_are(db, owner) -> None:
     setup(db, owner, "RUNNING", block="task_0_a")  # BLOCKED
     control(db, owner, "PAUSED")
     change = control(db, owner, "RUNNING")
-    assert change.transitions == [(EXEC, "PAUSED", "RUNNING"), (EXEC, "RUNNING", "BLOCKED")]
+    assert change.after.transitions == [(EXEC, "PAUSED", "RUNNING"), (EXEC, "RUNNING", "BLOCKED")]
     assert state(db)[0].status == "BLOCKED"
 
 
@@ -126,7 +126,7 @@ def test_approving_an_alternative_requeues_with_the_new_params(db, owner) -> Non
     assert offered == ["approve_alternative_email", *DEFAULT_NEXT_STEP_OPTIONS]
     before = utcnow()
     change = resolve(db, owner, "task_0", "approve_alternative_email", {"to": "info@example.com"})
-    assert change.status == "RUNNING" and change.transitions == [(EXEC, "BLOCKED", "RUNNING")]
+    assert change.status == "RUNNING" and change.after.transitions == [(EXEC, "BLOCKED", "RUNNING")]
     ex, tasks, subs, events = state(db)
     a = subs["task_0_a"]
     assert (a.status, a.attempt, a.max_attempts, a.params_override) == ("QUEUED", 2, 3, {"to": "info@example.com"})
@@ -135,7 +135,7 @@ def test_approving_an_alternative_requeues_with_the_new_params(db, owner) -> Non
     resolved = next(e for e in events if e.event_type == "task_resolved")
     assert (resolved.source, resolved.task_id, resolved.output_data) == (
         "user", "task_0", {"option": "approve_alternative_email", "params": {"to": "info@example.com"}})
-    assert [m.get("event_type") for m in change.messages] == ["task_resolved", "status_change", None]
+    assert [m.get("event_type") for m in change.after.messages] == ["task_resolved", "status_change", None]
 
 
 def test_a_persons_retry_is_never_refused_by_the_attempt_count(db, owner) -> None:
@@ -173,7 +173,7 @@ def test_skipping_a_task_releases_what_waits_on_it(db, owner) -> None:
 def test_skipping_the_last_task_completes_the_execution(db, owner) -> None:
     setup(db, owner, block="task_0_a", n_tasks=1, n_subtasks=1)
     change = resolve(db, owner, "task_0", "skip_task")
-    assert change.transitions == [(EXEC, "BLOCKED", "RUNNING"), (EXEC, "RUNNING", "COMPLETED")]
+    assert change.after.transitions == [(EXEC, "BLOCKED", "RUNNING"), (EXEC, "RUNNING", "COMPLETED")]
     ex = state(db)[0]
     assert ex.status == "COMPLETED" and ex.completed_at is not None and ex.tasks_completed == 1
 
@@ -181,7 +181,7 @@ def test_skipping_the_last_task_completes_the_execution(db, owner) -> None:
 def test_cancel_execution_option(db, owner) -> None:
     setup(db, owner, block="task_0_a")
     change = resolve(db, owner, "task_0", "cancel_execution")
-    assert change.transitions == [(EXEC, "BLOCKED", "CANCELLED")]
+    assert change.after.transitions == [(EXEC, "BLOCKED", "CANCELLED")]
     ex, tasks, _, _ = state(db)
     assert (ex.status, ex.cancel_requested) == ("CANCELLED", True) and ex.completed_at is not None
     assert tasks["task_0"].next_step_options is None
@@ -193,17 +193,17 @@ def test_execution_stays_blocked_while_another_task_is(db, owner) -> None:
     setup(db, owner, block="task_0_a")
     with db.unit_of_work() as s:
         block_subtask(s, EXEC, "task_1_a")
-    assert resolve(db, owner, "task_0", "retry_task").transitions == []
+    assert resolve(db, owner, "task_0", "retry_task").after.transitions == []
     assert state(db)[0].status == "BLOCKED"
-    assert resolve(db, owner, "task_1", "skip_task").transitions == [(EXEC, "BLOCKED", "RUNNING")]
+    assert resolve(db, owner, "task_1", "skip_task").after.transitions == [(EXEC, "BLOCKED", "RUNNING")]
 
 
 def test_resolving_while_paused_waits_for_the_resume(db, owner) -> None:
     setup(db, owner, block="task_0_a")
     control(db, owner, "PAUSED")
-    assert resolve(db, owner, "task_0", "retry_task").transitions == []
+    assert resolve(db, owner, "task_0", "retry_task").after.transitions == []
     assert state(db)[0].status == "PAUSED"
-    assert control(db, owner, "RUNNING").transitions == [(EXEC, "PAUSED", "RUNNING")]
+    assert control(db, owner, "RUNNING").after.transitions == [(EXEC, "PAUSED", "RUNNING")]
 
 
 def test_resolve_refusals(db, owner) -> None:

@@ -42,8 +42,8 @@ def test_prerequisites_and_order(db) -> None:
 def test_first_claim_starts_the_execution_and_heartbeats(db) -> None:
     scene = queued_execution(db)
     result = claim(db, scene.agent_id)
-    assert result.transitions == [(scene.execution_id, "QUEUED", "RUNNING")]
-    assert result.holds == [(scene.execution_id, "task_0_a", scene.agent_id)]
+    assert result.after.transitions == [(scene.execution_id, "QUEUED", "RUNNING")]
+    assert result.after.holds == [(scene.execution_id, "task_0_a", scene.agent_id)]
     with db.reading() as s:
         assert s.get(Execution, scene.execution_id).status == "RUNNING"
         assert s.get(Agent, scene.agent_id).last_heartbeat is not None
@@ -178,7 +178,7 @@ def test_a_poll_with_nothing_to_do_is_still_a_heartbeat(db) -> None:
     with db.unit_of_work() as s:
         agent_id = make_agent(s, "agent_idle").id
     result = claim(db, agent_id)
-    assert (result.payload, result.holds, result.messages, result.transitions) == (None, [], [], [])
+    assert (result.payload, result.after.holds, result.after.messages, result.after.transitions) == (None, [], [], [])
     with db.reading() as s:
         assert s.get(Agent, agent_id).last_heartbeat is not None
 
@@ -198,7 +198,7 @@ def test_paused_execution_hands_out_nothing_and_tells_the_holder(db) -> None:
         "work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
         "force_pause": True, "force_cancel": False,
         "held": [{"execution_id": scene.execution_id, "task_id": "task_0_a", "signal": "pause"}]}
-    assert paused.holds == [] and paused.released == {}
+    assert paused.after.holds == [] and paused.after.released == {}
     assert claim(db, "agent_other").payload is None  # nothing of a paused execution, no flag for a non-holder
     with db.reading() as s:
         sub = s.get(ExecutionSubtask, f"{scene.execution_id}:task_0_a")
@@ -215,7 +215,7 @@ def test_cancelled_execution_releases_held_work_and_says_so_once(db) -> None:
     assert cancelled.payload["force_cancel"] is True and cancelled.payload["work_available"] is False
     assert cancelled.payload["held"] == [{"execution_id": scene.execution_id, "task_id": "task_0_a",
                                           "signal": "cancel"}]
-    assert cancelled.released == {scene.execution_id: ["task_0_a"]}
+    assert cancelled.after.released == {scene.execution_id: ["task_0_a"]}
     with db.reading() as s:
         sub = s.get(ExecutionSubtask, f"{scene.execution_id}:task_0_a")
         assert (sub.status, sub.agent_id) == ("SKIPPED", None)
@@ -237,7 +237,7 @@ def test_a_candidate_paused_before_the_lock_is_passed_over(db, monkeypatch) -> N
 
     monkeypatch.setattr(scheduling, "_candidate", pause_after_select)
     result = claim(db, scene.agent_id)
-    assert result.payload is None and result.holds == []
+    assert result.payload is None and result.after.holds == []
     with db.reading() as s:
         assert s.get(ExecutionSubtask, f"{scene.execution_id}:task_0_a").status == "QUEUED"
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from orchestrator.state_machine import (
     AGENT_EVENT_TYPES,
+    STATUS_MESSAGES,
     TERMINAL_STATES,
     VALID_TRANSITIONS,
     EventFacts,
@@ -18,6 +19,9 @@ from orchestrator.state_machine import (
     can_transition,
     derive_state,
     settle,
+    settle_on_tasks,
+    settle_taken_back,
+    status_message,
     transition,
 )
 
@@ -131,3 +135,38 @@ def test_late_error_on_cancelled_execution_is_refused() -> None:
 def test_unknown_event_type_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         derive_state("RUNNING", EventFacts("reboot"))
+
+
+def test_every_state_one_can_move_to_has_one_status_message() -> None:
+    targets = {t for ts in VALID_TRANSITIONS.values() for t in ts}
+    assert set(STATUS_MESSAGES) == targets
+    for target in targets:
+        assert status_message(target) == STATUS_MESSAGES[target]
+        explained = status_message(target, "why")
+        assert explained == (STATUS_MESSAGES[target][:-1] + ": why" if target in ("BLOCKED", "FAILED")
+                             else STATUS_MESSAGES[target])
+
+
+@pytest.mark.parametrize(
+    ("tasks", "all_done", "expected"),
+    [
+        ({"COMPLETE", "SKIPPED"}, True, ["COMPLETED"]),
+        ({"BLOCKED", "ERROR", "QUEUED"}, False, ["BLOCKED"]),
+        ({"ERROR", "QUEUED"}, False, ["FAILED"]),
+        ({"RUNNING", "QUEUED"}, False, []),
+    ],
+)
+def test_a_running_execution_follows_its_tasks(tasks: set[str], all_done: bool, expected: list[str]) -> None:
+    assert settle_on_tasks("RUNNING", tasks, all_done) == expected
+
+
+@given(states.filter(lambda s: s != "RUNNING"), st.sets(st.sampled_from(["BLOCKED", "ERROR", "COMPLETE"])),
+       st.booleans())
+def test_only_a_running_execution_follows_its_tasks(current: str, tasks: set[str], all_done: bool) -> None:
+    assert settle_on_tasks(current, tasks, all_done) == []
+
+
+@given(states, st.booleans())
+def test_work_taken_back_fails_only_a_running_execution_without_a_retry(current: str, retrying: bool) -> None:
+    expected = ["FAILED"] if current == "RUNNING" and not retrying else []
+    assert settle_taken_back(current, retrying) == expected

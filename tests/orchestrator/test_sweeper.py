@@ -10,7 +10,7 @@ from orchestrator.credentials import Principal
 from orchestrator.executions import control_execution
 from orchestrator.holds import holder
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, PlanSubtask, utcnow
-from orchestrator.sweeper import apply_sweep, sweep
+from orchestrator.sweeper import release_overdue_work, take_back_overdue
 from tests.workers.helpers import Scene, claim, queued_execution
 
 FIXED = {"max_attempts": 2, "backoff": "fixed", "backoff_seconds": 30}
@@ -44,13 +44,13 @@ def test_timed_out_subtask_with_attempts_left_is_requeued(db, redis, migrated) -
     # Past the plan's 24 hours, while the agent keeps sending heartbeats.
     _age(db, scene, "task_0_a", claimed_ago=timedelta(hours=25), heartbeat_ago=timedelta(seconds=5))
     now = utcnow()
-    result = apply_sweep(db, redis, migrated, now)
+    result = release_overdue_work(db, redis, migrated, now)
     assert (result.timed_out, result.silent) == (1, 0)
-    assert result.released_holds == {scene.execution_id: ["task_0_a"]}
-    assert result.transitions == []
-    assert [(m["type"], m.get("event_type")) for m in result.messages] == [("event", "subtask_timeout"),
+    assert result.after.released == {scene.execution_id: ["task_0_a"]}
+    assert result.after.transitions == []
+    assert [(m["type"], m.get("event_type")) for m in result.after.messages] == [("event", "subtask_timeout"),
                                                                           ("execution_update", None)]
-    assert {m["execution_id"] for m in result.messages} == {scene.execution_id}
+    assert {m["execution_id"] for m in result.after.messages} == {scene.execution_id}
     with db.reading() as s:
         sub = _sub(s, scene, "task_0_a")
         assert (sub.status, sub.attempt, sub.agent_id, sub.claimed_at) == ("QUEUED", 2, None, None)
@@ -61,9 +61,9 @@ def test_timed_out_subtask_with_attempts_left_is_requeued(db, redis, migrated) -
     (ev,) = [e for e in _events(db, scene) if e.event_type == "subtask_timeout"]
     assert (ev.source, ev.status, ev.task_id, ev.subtask_id) == ("system", "error", "task_0", "task_0_a")
     assert ev.output_data["retry_scheduled"] is True
-    # Swept once: a second sweep finds nothing.
-    again = apply_sweep(db, redis, migrated, utcnow())
-    assert (again.timed_out, again.silent, again.released_holds) == (0, 0, {})
+    # Taken back once: a second run finds nothing.
+    again = release_overdue_work(db, redis, migrated, utcnow())
+    assert (again.timed_out, again.silent, again.after.released) == (0, 0, {})
 
 
 def test_timed_out_subtask_without_attempts_fails_the_execution(db, redis, migrated) -> None:
@@ -73,10 +73,10 @@ def test_timed_out_subtask_without_attempts_fails_the_execution(db, redis, migra
                   .values(max_attempts=1))
     claim(db, redis, migrated, scene, "task_0_a")
     _age(db, scene, "task_0_a", claimed_ago=timedelta(hours=30), heartbeat_ago=timedelta(seconds=1))
-    result = apply_sweep(db, redis, migrated, utcnow())
+    result = release_overdue_work(db, redis, migrated, utcnow())
     assert result.timed_out == 1
-    assert result.transitions == [(scene.execution_id, "RUNNING", "FAILED")]
-    assert [(m["type"], m.get("event_type"), m["status"]) for m in result.messages] == [
+    assert result.after.transitions == [(scene.execution_id, "RUNNING", "FAILED")]
+    assert [(m["type"], m.get("event_type"), m["status"]) for m in result.after.messages] == [
         ("event", "subtask_timeout", "error"), ("event", "status_change", "failed"),
         ("execution_update", None, "FAILED")]
     with db.reading() as s:
@@ -97,7 +97,7 @@ def test_silent_agent_loses_its_subtask(db, redis, migrated) -> None:
     window = migrated.heartbeat_window_seconds
     _age(db, scene, "task_0_a", claimed_ago=timedelta(seconds=window + 60),
          heartbeat_ago=timedelta(seconds=window + 30))
-    result = apply_sweep(db, redis, migrated, utcnow())
+    result = release_overdue_work(db, redis, migrated, utcnow())
     assert (result.timed_out, result.silent) == (0, 1)
     with db.reading() as s:
         sub = _sub(s, scene, "task_0_a")
@@ -112,17 +112,17 @@ def test_agent_that_never_sent_a_heartbeat_is_silent_once_its_claim_is_old(db, r
     claim(db, redis, migrated, scene, "task_0_a")
     window = migrated.heartbeat_window_seconds
     _age(db, scene, "task_0_a", claimed_ago=timedelta(seconds=window // 2), heartbeat_ago=None)
-    assert apply_sweep(db, redis, migrated, utcnow()).silent == 0  # the claim itself is a sign of life
+    assert release_overdue_work(db, redis, migrated, utcnow()).silent == 0  # the claim itself is a sign of life
     _age(db, scene, "task_0_a", claimed_ago=timedelta(seconds=window + 1), heartbeat_ago=None)
-    assert apply_sweep(db, redis, migrated, utcnow()).silent == 1
+    assert release_overdue_work(db, redis, migrated, utcnow()).silent == 1
 
 
 def test_fresh_subtask_is_left_alone(db, redis, migrated) -> None:
     scene = queued_execution(db, n_subtasks=2)
     claim(db, redis, migrated, scene, "task_0_a")
     _age(db, scene, "task_0_a", claimed_ago=timedelta(minutes=5), heartbeat_ago=timedelta(seconds=10))
-    result = apply_sweep(db, redis, migrated, utcnow())
-    assert (result.timed_out, result.silent, result.released_holds, result.messages) == (0, 0, {}, [])
+    result = release_overdue_work(db, redis, migrated, utcnow())
+    assert (result.timed_out, result.silent, result.after.released, result.after.messages) == (0, 0, {}, [])
     with db.reading() as s:
         sub = _sub(s, scene, "task_0_a")
         assert (sub.status, sub.agent_id, sub.attempt) == ("RUNNING", scene.agent_id, 1)
@@ -130,7 +130,7 @@ def test_fresh_subtask_is_left_alone(db, redis, migrated) -> None:
     assert [e for e in _events(db, scene) if e.event_type in ("subtask_timeout", "agent_silent")] == []
 
 
-def test_timeout_follows_the_plan_subtask_and_limit_caps_a_sweep(db, redis, migrated) -> None:
+def test_timeout_follows_the_plan_subtask_and_limit_caps_a_run(db, redis, migrated) -> None:
     scene = queued_execution(db, n_subtasks=2, retry_policy=FIXED)
     with db.unit_of_work() as s:
         s.execute(update(PlanSubtask).values(timeout_hours=1))
@@ -139,11 +139,11 @@ def test_timeout_follows_the_plan_subtask_and_limit_caps_a_sweep(db, redis, migr
     _age(db, scene, "task_0_a", claimed_ago=timedelta(hours=2), heartbeat_ago=timedelta(seconds=1))
     _age(db, scene, "task_0_b", claimed_ago=timedelta(hours=3), heartbeat_ago=timedelta(seconds=1))
     with db.unit_of_work() as s:
-        first = sweep(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
-    assert first.released_holds == {scene.execution_id: ["task_0_b"]}  # the oldest claim first
+        first = take_back_overdue(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
+    assert first.after.released == {scene.execution_id: ["task_0_b"]}  # the oldest claim first
     with db.unit_of_work() as s:
-        second = sweep(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
-    assert second.released_holds == {scene.execution_id: ["task_0_a"]}
+        second = take_back_overdue(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
+    assert second.after.released == {scene.execution_id: ["task_0_a"]}
 
 
 def test_silent_agent_without_attempts_left_fails_a_paused_execution_only_when_it_resumes(db, redis,
@@ -159,8 +159,8 @@ def test_silent_agent_without_attempts_left_fails_a_paused_execution_only_when_i
         ex.status, ex.pause_requested = "PAUSED", True
     window = migrated.heartbeat_window_seconds
     _age(db, scene, "task_0_a", claimed_ago=timedelta(seconds=window + 60), heartbeat_ago=None)
-    result = apply_sweep(db, redis, migrated, utcnow())
-    assert (result.silent, result.transitions) == (1, [])
+    result = release_overdue_work(db, redis, migrated, utcnow())
+    assert (result.silent, result.after.transitions) == (1, [])
     with db.reading() as s:
         assert s.get(Execution, scene.execution_id).status == "PAUSED"
         assert _sub(s, scene, "task_0_a").status == "ERROR"

@@ -91,12 +91,12 @@ def test_worker_killed_mid_batch_loses_nothing(db, isolated, session_dir, worker
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and _agent_events(db, scene.execution_id) < 301:
             # What beat does every few seconds: drain shards that still hold entries.
-            celery_app.send_task("workers.tasks.sweep")
+            celery_app.send_task("workers.tasks.rescue_stalled_work")
             time.sleep(1)
         assert _agent_events(db, scene.execution_id) == 301
         assert r.xlen(stream) == 0 and _pending(r, stream) == 0
         # Delivered again after the kill, applied once: the subtask completed once, each event stored once.
-        celery_app.send_task("workers.tasks.sweep")
+        celery_app.send_task("workers.tasks.rescue_stalled_work")
         time.sleep(1.5)
         assert _agent_events(db, scene.execution_id) == 301
         with db.reading() as s:

@@ -6,13 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from orchestrator.execution_views import execution_detail, list_events, list_executions
-from orchestrator.executions import (
-    Change,
-    announce_created,
-    control_execution,
-    create_execution,
-    resolve_blocked_task,
-)
+from orchestrator.executions import announce_created, control_execution, create_execution, resolve_blocked_task
 from orchestrator.models import utcnow
 from web.auth import current_principal, require_user
 from web.effects import after_commit
@@ -32,10 +26,6 @@ def _detail(execution_id: str) -> dict:
         return execution_detail(s, current_principal(), execution_id)
 
 
-def _publish(change: Change) -> None:
-    after_commit(messages=change.messages, transitions=change.transitions)
-
-
 @bp.post("/executions")
 @require_user
 def create() -> ResponseReturnValue:
@@ -46,7 +36,7 @@ def create() -> ResponseReturnValue:
                               execution_id=data["execution_id"])
         change = announce_created(s, ex, now)
         execution_id = ex.id
-    _publish(change)
+    after_commit(change.after)
     return jsonify(_detail(execution_id)), 201, {"Location": f"/api/executions/{execution_id}"}
 
 
@@ -71,7 +61,7 @@ def control(execution_id: str) -> ResponseReturnValue:
     target = ControlSchema().load(request.get_json() or {})["status"]
     with current_app.extensions["db"].unit_of_work() as s:
         change = control_execution(s, current_principal(), execution_id, target, utcnow())
-    _publish(change)
+    after_commit(change.after)
     return jsonify(_detail(execution_id))
 
 
@@ -91,5 +81,5 @@ def resolve(execution_id: str, task_id: str) -> ResponseReturnValue:
     with current_app.extensions["db"].unit_of_work() as s:
         change = resolve_blocked_task(s, current_principal(), execution_id, task_id, data["option"], data["params"],
                                       utcnow())
-    _publish(change)
+    after_commit(change.after)
     return jsonify(_detail(execution_id))

@@ -20,8 +20,7 @@ _query = PollQuerySchema()
 def poll(agent_id: str) -> ResponseReturnValue:
     actions = _query.load(request.args)["supported_actions"]
     result = current_app.extensions["db"].transaction(lambda s: claim_work(s, agent_id, actions, utcnow()))
-    after_commit(messages=result.messages, transitions=result.transitions, holds=result.holds,
-                 released=result.released)
+    after_commit(result.after)
     if result.payload is None:
         return "", 204
     return jsonify(result.payload), 200

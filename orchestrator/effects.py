@@ -1,0 +1,62 @@
+"""What a unit of work leaves to do once it has committed, and the one function that does it.
+
+Every writer (the poll, the event worker, the sweeper, operators' changes) collects its Redis
+holds, stream messages, transition log lines and owner notifications in an `AfterCommit` while its
+transaction runs, and hands it to `carry_out` only after the commit (invariant 5): a rolled-back
+transaction must leave no hold, no message and no log line behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestrator.holds import record_hold, release_holds
+from orchestrator.publish import publish
+from orchestrator.state_machine import log_transition
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class AfterCommit:
+    messages: list[dict[str, Any]] = field(default_factory=list)  # stream messages, in publishing order
+    holds: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, subtask, agent) handed out
+    released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, from, to)
+    notifications: list[dict[str, Any]] = field(default_factory=list)  # owners to tell a person is needed
+
+    def release(self, execution_id: str, subtask_id: str) -> None:
+        self.released.setdefault(execution_id, []).append(subtask_id)
+
+    def merge(self, other: AfterCommit) -> None:
+        """Add what another (already committed) unit of work left to do, after this one's."""
+        self.messages += other.messages
+        self.holds += other.holds
+        for execution_id, subtask_ids in other.released.items():
+            self.released.setdefault(execution_id, []).extend(subtask_ids)
+        self.transitions += other.transitions
+        self.notifications += other.notifications
+
+
+def carry_out(r: redis.Redis, prefix: str, work: AfterCommit, notify: Notify | None = None) -> None:
+    """Do `work`. Call only once the transaction that collected it has committed: event messages
+    take their position (`seq`) from their rows here, and holds must not outlive a rollback."""
+    for execution_id, subtask_id, agent_id in work.holds:
+        record_hold(r, prefix, execution_id, subtask_id, agent_id)
+    for execution_id, subtask_ids in work.released.items():
+        release_holds(r, prefix, execution_id, subtask_ids)
+    publish(r, prefix, work.messages)
+    for execution_id, old, new in work.transitions:
+        log_transition(execution_id, old, new)
+    for notice in work.notifications:
+        log.warning("Execution %s blocked: %s (owner %s; options: %s)", notice["execution_id"],
+                    notice["error_message"], notice["owner_id"], ", ".join(notice["next_step_options"]))
+        if notify is not None:
+            notify(notice)
