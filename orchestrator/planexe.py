@@ -14,6 +14,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,111 +105,132 @@ def _reaches(graph: dict[str, list[str]], start: str, goal: str) -> bool:
     return False
 
 
-def planexe_to_plan(files: Mapping[str, str | bytes]) -> tuple[dict[str, Any], list[str]]:
-    """(plan data in the plans API shape, warnings). Raises ValidationFailed when the WBS is unusable."""
-    parsed = _parse(files)
-    warnings: list[str] = []
+def _levels(parsed: dict[str, Any], files: Mapping[str, str | bytes]) -> tuple[Any, Any, Any]:
+    """level1, level2 and level3 from the flat files, or from the project tree where they are missing."""
     tree = next((parsed[t] for t in TREES if t in parsed), None)
-    try:
-        if LEVEL2 in parsed:
-            level1 = parsed.get(LEVEL1) or (_tree_levels(tree)[0] if tree is not None else {})
-            level2 = parsed[LEVEL2]
-            level3 = parsed.get(LEVEL3) or (_tree_levels(tree)[2] if tree is not None else [])
-        elif tree is not None:
-            level1, level2, level3 = _tree_levels(tree)
-            level1 = parsed.get(LEVEL1) or level1
-        else:
-            raise ValidationFailed("No work breakdown found: the import needs wbs_level2.json or the WBS project "
-                                   "tree (wbs_project_level1_and_level2*.json).",
-                                   files=sorted(files), missing=[LEVEL2])
-        if not isinstance(level1, dict) or not isinstance(level2, list) or not isinstance(level3, list):
-            raise ValidationFailed("wbs_level1 must be an object, wbs_level2 and wbs_level3 lists.")
-        tasks: list[dict[str, Any]] = []
-        task_by_id: dict[str, dict[str, Any]] = {}
-        phase_ids: set[str] = set()
-        for p_num, phase in enumerate(level2, 1):
-            phase_ids.add(phase["id"])
-            for entry in phase.get("subtasks") or []:
-                if entry["id"] in task_by_id:
-                    warnings.append(f"Task {entry['id']} appears twice in wbs_level2; the second was skipped.")
-                    continue
-                description = entry.get("description") or ""
-                task = {"id": entry["id"], "title": _title(description or entry["id"]), "description": description,
-                        "phase_id": phase["id"], "phase_title": _title(phase.get("major_phase_title") or
-                                                                       f"Phase {p_num}", 300),
-                        "prerequisite_task_ids": [], "subtasks": []}
-                tasks.append(task)
-                task_by_id[task["id"]] = task
-        level3_parent: dict[str, str] = {}
-        for item in level3:
-            parent = task_by_id.get(item.get("parent_id"))
-            if parent is None:
-                warnings.append(f"Level-3 item {item.get('id')} names an unknown parent {item.get('parent_id')}; "
-                                "skipped.")
+    if LEVEL2 in parsed:
+        level1 = parsed.get(LEVEL1) or (_tree_levels(tree)[0] if tree is not None else {})
+        level2 = parsed[LEVEL2]
+        level3 = parsed.get(LEVEL3) or (_tree_levels(tree)[2] if tree is not None else [])
+    elif tree is not None:
+        level1, level2, level3 = _tree_levels(tree)
+        level1 = parsed.get(LEVEL1) or level1
+    else:
+        raise ValidationFailed("No work breakdown found: the import needs wbs_level2.json or the WBS project "
+                               "tree (wbs_project_level1_and_level2*.json).", files=sorted(files), missing=[LEVEL2])
+    if not isinstance(level1, dict) or not isinstance(level2, list) or not isinstance(level3, list):
+        raise ValidationFailed("wbs_level1 must be an object, wbs_level2 and wbs_level3 lists.")
+    return level1, level2, level3
+
+
+@dataclass
+class _Breakdown:
+    """The plan's tasks as the WBS gives them, found by their id or by the id of one of their level-3 items."""
+
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    task_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    level3_parent: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_task(self, ref: Any) -> str | None:
+        return ref if ref in self.task_by_id else self.level3_parent.get(ref)
+
+
+def _breakdown(level2: list[Any], level3: list[Any]) -> _Breakdown:
+    """One task per entry of a phase's `subtasks`, one subtask per level-3 item whose parent it is."""
+    wbs = _Breakdown()
+    for p_num, phase in enumerate(level2, 1):
+        phase_id = phase["id"]
+        for entry in phase.get("subtasks") or []:
+            if entry["id"] in wbs.task_by_id:
+                wbs.warnings.append(f"Task {entry['id']} appears twice in wbs_level2; the second was skipped.")
                 continue
-            params = {k: item[k] for k in ("description", "resources_needed") if item.get(k)}
-            parent["subtasks"].append({"id": item["id"], "title": _title(item.get("name") or item["id"], 500),
-                                       "action": None, "params": params, "prerequisite_subtask_ids": []})
-            level3_parent[item["id"]] = parent["id"]
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise ValidationFailed(f"The WBS files do not have PlanExe's shape (missing or wrong {exc}).") from exc
-    # PlanExe's ids are UUIDs, inside our id alphabet (orchestrator/ids.py); refuse any that are not.
-    if bad := invalid_ids([*task_by_id, *level3_parent]):
-        raise ValidationFailed(f"PlanExe task ids must use only {ID_RULE}.", invalid_ids=bad)
+            description = entry.get("description") or ""
+            phase_title = _title(phase.get("major_phase_title") or f"Phase {p_num}", 300)
+            task = {"id": entry["id"], "title": _title(description or entry["id"]), "description": description,
+                    "phase_id": phase_id, "phase_title": phase_title, "prerequisite_task_ids": [], "subtasks": []}
+            wbs.tasks.append(task)
+            wbs.task_by_id[task["id"]] = task
+    for item in level3:
+        parent = wbs.task_by_id.get(item.get("parent_id"))
+        if parent is None:
+            wbs.warnings.append(f"Level-3 item {item.get('id')} names an unknown parent {item.get('parent_id')}; "
+                                "skipped.")
+            continue
+        params = {k: item[k] for k in ("description", "resources_needed") if item.get(k)}
+        parent["subtasks"].append({"id": item["id"], "title": _title(item.get("name") or item["id"], 500),
+                                   "action": None, "params": params, "prerequisite_subtask_ids": []})
+        wbs.level3_parent[item["id"]] = parent["id"]
+    return wbs
 
-    for task in tasks:
-        task["decomposed"] = bool(task["subtasks"])
-        if not task["subtasks"]:
-            task["decomposition_notes"] = "Imported from PlanExe without level-3 items: decompose before running."
 
-    def as_task(ref: Any) -> str | None:
-        return ref if ref in task_by_id else level3_parent.get(ref)
-
-    graph: dict[str, list[str]] = {t["id"]: t["prerequisite_task_ids"] for t in tasks}
-    deps = parsed.get(DEPENDENCIES)
+def _add_dependencies(wbs: _Breakdown, deps: Any) -> None:
+    """task_dependencies_raw as prerequisite_task_ids; unknown ids and cycle-closing ones are dropped."""
+    graph: dict[str, list[str]] = {t["id"]: t["prerequisite_task_ids"] for t in wbs.tasks}
     details = deps.get("task_dependency_details") if isinstance(deps, dict) else None
     if deps is not None and not isinstance(details, list):
-        warnings.append("task_dependencies_raw has no task_dependency_details list; no dependencies imported.")
+        wbs.warnings.append("task_dependencies_raw has no task_dependency_details list; no dependencies imported.")
     for entry in details or []:
         if not isinstance(entry, dict):
             continue
-        dependent = as_task(entry.get("dependent_task_id"))
+        dependent = wbs.as_task(entry.get("dependent_task_id"))
         ids = entry.get("depends_on_task_id_list") or []
         explanations = entry.get("depends_on_task_explanation_list") or []
         if dependent is None:
-            warnings.append(f"Dependency of unknown task {entry.get('dependent_task_id')} skipped.")
+            wbs.warnings.append(f"Dependency of unknown task {entry.get('dependent_task_id')} skipped.")
             continue
         if len(ids) != len(explanations):
-            warnings.append(f"Task {dependent}: {len(ids)} dependency ids but {len(explanations)} explanations; "
-                            "the ids were imported, the explanations ignored.")
+            wbs.warnings.append(f"Task {dependent}: {len(ids)} dependency ids but {len(explanations)} explanations; "
+                                "the ids were imported, the explanations ignored.")
         for ref in ids:
-            pre = as_task(ref)
+            pre = wbs.as_task(ref)
             if pre is None:
-                warnings.append(f"Task {dependent} depends on unknown id {ref}; dropped.")
+                wbs.warnings.append(f"Task {dependent} depends on unknown id {ref}; dropped.")
             elif pre == dependent or pre in graph[dependent]:
                 continue
             elif _reaches(graph, pre, dependent):
-                warnings.append(f"Task {dependent} depending on {pre} would close a cycle; dropped.")
+                wbs.warnings.append(f"Task {dependent} depending on {pre} would close a cycle; dropped.")
             else:
                 graph[dependent].append(pre)
 
-    durations = parsed.get(DURATIONS)
+
+def _add_durations(wbs: _Breakdown, durations: Any) -> None:
+    """`days_realistic * 8` as each task's estimated_hours."""
     if durations is not None and not isinstance(durations, list):
-        warnings.append("task_durations is not a list; no durations imported.")
-        durations = None
+        wbs.warnings.append("task_durations is not a list; no durations imported.")
+        return
     for d in durations or []:
         if not isinstance(d, dict):
             continue
-        task = task_by_id.get(d.get("task_id"))
+        task = wbs.task_by_id.get(d.get("task_id"))
         days = d.get("days_realistic")
         if task is None:
-            if d.get("task_id") not in level3_parent:
-                warnings.append(f"Duration for unknown task {d.get('task_id')} skipped.")
+            if d.get("task_id") not in wbs.level3_parent:
+                wbs.warnings.append(f"Duration for unknown task {d.get('task_id')} skipped.")
             continue
         if not isinstance(days, int | float) or days < 0 or not math.isfinite(days * HOURS_PER_DAY):
-            warnings.append(f"Task {task['id']}: days_realistic {days!r} is not a number; skipped.")
+            wbs.warnings.append(f"Task {task['id']}: days_realistic {days!r} is not a number; skipped.")
             continue
         task["estimated_hours"] = round(days * HOURS_PER_DAY)
+
+
+def planexe_to_plan(files: Mapping[str, str | bytes]) -> tuple[dict[str, Any], list[str]]:
+    """(plan data in the plans API shape, warnings). Raises ValidationFailed when the WBS is unusable."""
+    parsed = _parse(files)
+    try:
+        level1, level2, level3 = _levels(parsed, files)
+        wbs = _breakdown(level2, level3)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValidationFailed(f"The WBS files do not have PlanExe's shape (missing or wrong {exc}).") from exc
+    # PlanExe's ids are UUIDs, inside our id alphabet (orchestrator/ids.py); refuse any that are not.
+    if bad := invalid_ids([*wbs.task_by_id, *wbs.level3_parent]):
+        raise ValidationFailed(f"PlanExe task ids must use only {ID_RULE}.", invalid_ids=bad)
+    for task in wbs.tasks:
+        task["decomposed"] = bool(task["subtasks"])
+        if not task["subtasks"]:
+            task["decomposition_notes"] = "Imported from PlanExe without level-3 items: decompose before running."
+    _add_dependencies(wbs, parsed.get(DEPENDENCIES))
+    _add_durations(wbs, parsed.get(DURATIONS))
 
     title = level1.get("project_title") or "PlanExe plan"
     plan = {
@@ -216,6 +238,6 @@ def planexe_to_plan(files: Mapping[str, str | bytes]) -> tuple[dict[str, Any], l
         "goal": level1.get("final_deliverable") or title,
         "context": {k: v for k, v in {"planexe_project_id": level1.get("id"),
                                       "final_deliverable": level1.get("final_deliverable")}.items() if v},
-        "tasks": tasks,
+        "tasks": wbs.tasks,
     }
-    return plan, warnings
+    return plan, wbs.warnings

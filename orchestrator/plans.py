@@ -1,7 +1,8 @@
 """Plans: creating one from nested data (checked whole before anything is written), reading them.
 
-The nested shape (goal, context, tasks with subtasks, prerequisite ids) is the plans API's and the
-plan file format's; `plan_to_dict` writes the same shape back, so export and import round-trip.
+The nested shape (goal, context, tasks with subtasks, prerequisite ids) is the plan schema's
+(`orchestrator.plan_schema`: the plans API's and the plan file format's); `plan_to_dict` writes the same
+shape back, so export and import round-trip.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SUBTASK_FIELDS = ("action", "params", "timeout_hours", "retry_policy", "success_
 
 
 def _prerequisites(item: dict[str, Any], canonical: str) -> list[str]:
-    # "prerequisites" is accepted as a shorter name, as in the API's schema.
+    # "prerequisites" is accepted as a shorter name, as in the plan schema.
     return list(item.get(canonical) or item.get("prerequisites") or [])
 
 
@@ -38,8 +39,8 @@ def _cycle_error(message: str, cycles: list[list[str]]) -> ValidationFailed:
 
 def validate_plan_data(data: dict[str, Any]) -> None:
     """Raise ValidationFailed naming every offending id: outside the id alphabet, duplicates, unknown
-    prerequisites, cycles. The API's schema checks the alphabet too; this also covers what importers and
-    decomposers (a language model's output) produce."""
+    prerequisites, cycles. What one field may hold is the plan schema's (`orchestrator.plan_schema`); these
+    are the rules of the whole plan. The alphabet is checked again for callers with no schema in front."""
     tasks = data.get("tasks") or []
     ids = [item["id"] for task in tasks for item in [task, *(task.get("subtasks") or [])]]
     bad = invalid_ids([data["id"], *ids] if data.get("id") is not None else ids)

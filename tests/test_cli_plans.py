@@ -10,12 +10,12 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
+from cli.main import main
 from orchestrator.models import Plan, PlanSubtask, PlanTask
 from orchestrator.settings import Settings
 from tests.factories import make_agent, make_user
 from tests.orchestrator.test_decomposition import GUIDE_REQUEST
 from tests.orchestrator.test_planexe import FIXTURE
-from web.cli import main
 
 
 @pytest.fixture

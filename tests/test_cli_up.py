@@ -25,7 +25,7 @@ def test_up_serves_healthz_then_stops_cleanly(tmp_path: Path) -> None:
     env["ORCHESTRATOR_DATA_DIR"] = str(Path(f"/tmp/orch-up-{os.getpid()}"))
     env["ORCHESTRATOR_ADMIN_TOKEN"] = "up-test-token"
     log = open(tmp_path / "up.log", "w")  # noqa: SIM115 - the child writes to it until the end
-    proc = subprocess.Popen([sys.executable, "-m", "web.cli", "up", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 60

@@ -1,7 +1,14 @@
-"""Worker and beat entry point: `celery -A workers.main worker` (what `orchestrator worker` runs)."""
+"""Worker and beat entry point: `celery -A workers.main worker` (what `orchestrator worker` runs).
+
+Importing this does nothing: Celery's `-A workers.main` looks up `workers.main.app`, and that first
+access builds the app from the environment (starting the embedded Redis when REDIS_URL is unset).
+"""
 
 from __future__ import annotations
 
+from functools import cache
+
+from celery import Celery
 from celery.signals import worker_process_init
 
 from orchestrator.embedded_redis import resolved_redis_url
@@ -9,11 +16,22 @@ from orchestrator.settings import Settings
 from workers.celery_app import create_celery
 from workers.runtime import reset_runtime
 
-_settings = Settings.from_env()
-_settings = _settings.replace(redis_url=resolved_redis_url(_settings.redis_url, _settings.data_dir))
-celery = create_celery(_settings)
+
+@cache
+def celery_app() -> Celery:
+    """The worker's Celery app, built once per process from the environment."""
+    settings = Settings.from_env()
+    settings = settings.replace(redis_url=resolved_redis_url(settings.redis_url, settings.data_dir))
+    return create_celery(settings)
+
+
+def __getattr__(name: str) -> Celery:
+    # PEP 562: Celery's find_app reads `module.app`, then `module.celery`; both mean the one app.
+    if name in ("app", "celery"):
+        return celery_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
-    reset_runtime(celery)
+    reset_runtime(celery_app())

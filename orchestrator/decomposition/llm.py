@@ -1,10 +1,11 @@
 """The LLM decomposer: an OpenAI-compatible chat-completions endpoint, constrained by a JSON schema.
 
-The reply is validated and repaired like any other input (actions outside the agent's capabilities are
-dropped, unknown or cyclic dependencies removed); confidence comes from how far the model agrees with
-the matching template and from those repairs, never from the number the model states. On a timeout,
-an HTTP error or a reply that is not the schema's JSON, the template decomposer answers instead and
-the response's warnings say so.
+The reply's subtasks load through the plan schema and are repaired like any decomposer's (actions
+outside the agent's capabilities are dropped, unknown or cyclic dependencies removed); confidence comes
+from how far the model agrees with the matching template and from those repairs, never from the number
+the model states. On a timeout, an HTTP error or a reply that is not the schema's JSON (a subtask
+without a usable title or action included), the template decomposer answers instead and the
+response's warnings say so.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class InvalidReply(ValueError):
 
 
 def parse_reply(body: Any) -> dict[str, Any]:
-    """The decomposition inside a chat-completions response body, or InvalidReply."""
+    """The decomposition inside a chat-completions response body, or InvalidReply. Only its envelope is
+    checked here: its subtasks load through the plan schema in `normalise_subtasks`."""
     try:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
@@ -86,8 +88,8 @@ def parse_reply(body: Any) -> dict[str, Any]:
     if not data["decomposed_subtasks"]:
         raise InvalidReply("the model returned no subtasks")
     for i, s in enumerate(data["decomposed_subtasks"]):
-        if not isinstance(s, dict) or not isinstance(s.get("title"), str) or not isinstance(s.get("action"), str):
-            raise InvalidReply(f"subtask #{i + 1} lacks a title or an action")
+        if not isinstance(s, dict):
+            raise InvalidReply(f"subtask #{i + 1} is not an object")
     return data
 
 
@@ -141,6 +143,10 @@ class LLMDecomposer:
 
         caps = set(request.capabilities)
         norm = normalise_subtasks(request.task_id, data["decomposed_subtasks"], caps)
+        # Other refused fields are repaired; a subtask the schema refuses a title or an action cannot be.
+        unusable = [i for i, fields in norm.refused.items() if {"title", "action"} & set(fields)]
+        if unusable:
+            return self._fall_back(request, f"invalid reply: subtask #{unusable[0] + 1} lacks a title or an action")
         if not norm.subtasks:
             return self._fall_back(request, "none of the model's subtasks uses an action the agent has")
         template, hits = match_template(request.task, self.fallback.templates)

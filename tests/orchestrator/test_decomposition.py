@@ -8,8 +8,6 @@ from orchestrator.credentials import Principal
 from orchestrator.decomposition import (
     DecompositionRequest,
     DecompositionResult,
-    apply_decomposition,
-    decomposer_for,
     normalise_subtasks,
     subtask_suffix,
 )
@@ -20,9 +18,11 @@ from orchestrator.decomposition.confidence import (
     template_match_base,
 )
 from orchestrator.decomposition.llm import LLMDecomposer
+from orchestrator.decomposition.service import ApplyTo, apply_decomposition, decompose_task, decomposer_for
 from orchestrator.decomposition.templates import TemplateDecomposer, extract_context, load_templates, topics_from
 from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.models import PlanTask, utcnow
+from orchestrator.settings import Settings
 from tests.factories import make_plan, make_user
 
 # Guide section 3, verbatim.
@@ -184,11 +184,35 @@ def test_normalise_repairs_or_refuses() -> None:
     assert [subtask_suffix(i) for i in (0, 25, 26, 27)] == ["a", "z", "aa", "ab"]
 
 
-def test_decomposer_for_reads_the_environment() -> None:
-    assert isinstance(decomposer_for(None, {}), TemplateDecomposer)
-    assert isinstance(decomposer_for(None, {"LLM_BASE_URL": "http://127.0.0.1:9/v1"}), LLMDecomposer)
-    assert isinstance(decomposer_for(None, {"LLM_BASE_URL": "http://x/v1", "DECOMPOSER": "template"}),
+def test_decomposer_for_reads_the_settings() -> None:
+    def settings(**env: str) -> Settings:
+        return Settings.from_env({"SECRET_KEY": "k", **env})
+
+    assert isinstance(decomposer_for(settings()), TemplateDecomposer)
+    assert isinstance(decomposer_for(settings(LLM_BASE_URL="http://127.0.0.1:9/v1")), LLMDecomposer)
+    assert isinstance(decomposer_for(settings(LLM_BASE_URL="http://x/v1", DECOMPOSER="template")),
                       TemplateDecomposer)
+
+
+def test_decompose_task_applies_only_at_the_settings_threshold(db, migrated: Settings) -> None:
+    with db.unit_of_work() as s:
+        owner = make_user(s, "mark")
+        plan = make_plan(s, owner, "plan_t", n_tasks=0)
+        plan.tasks.append(PlanTask(id="task_1_1", title="Interview Carol", position=0))
+        me = Principal("user", owner.id)
+    template = migrated.replace(decomposer="template", llm_base_url=None)
+    strict = template.replace(decomposition_apply_threshold=1.0)
+    proposal = decompose_task(db, strict, guide_request(), apply_to=ApplyTo(me, "plan_t"), warnings=["first"])
+    body = proposal.to_response()
+    assert (body["applied"], body["proposal"], body["apply_threshold"]) == (False, True, 1.0)
+    assert body["warnings"][0] == "first"
+    with db.reading() as s:
+        assert not s.get(PlanTask, ("plan_t", "task_1_1")).subtasks
+    applied = decompose_task(db, template, guide_request(), apply_to=ApplyTo(me, "plan_t"))
+    assert applied.applied and applied.apply_threshold == 0.75
+    with db.reading() as s:
+        assert [x.id for x in s.get(PlanTask, ("plan_t", "task_1_1")).subtasks] == applied.result.execution_sequence
+    assert "applied" not in decompose_task(db, template, guide_request()).to_response()
 
 
 def test_apply_decomposition_writes_subtasks_and_refuses_a_second_time(db) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 from orchestrator.errors import ValidationFailed
 from orchestrator.models import utcnow
+from orchestrator.plan_schema import PlanSchema
 from orchestrator.planexe import base_name, planexe_to_plan, read_folder
 from orchestrator.plans import create_plan, plan_to_dict
 from tests.factories import make_user
-from web.schemas.plans import PlanSchema
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "planexe"
 T11, T12, T21, T22 = (f"a1b2c3d4-0000-4000-8000-0000000000{n}" for n in ("11", "12", "21", "22"))

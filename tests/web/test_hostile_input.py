@@ -312,7 +312,7 @@ def test_yaml_dates_are_kept_as_written(client, auth) -> None:
 def test_the_cli_refuses_poisoned_plan_files_in_one_line(db, migrated, tmp_path, poison: str) -> None:
     from click.testing import CliRunner
 
-    from web.cli import main
+    from cli.main import main
 
     name, text, says = FILE_POISONS[poison]
     with db.unit_of_work() as s:

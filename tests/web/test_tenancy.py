@@ -8,10 +8,10 @@ from sqlalchemy import select
 from orchestrator.credentials import issue_credential
 from orchestrator.ids import ID_PATTERN
 from orchestrator.models import Plan, PlanSubtask, PlanTask, User
+from orchestrator.plan_schema import ID
 from tests.factories import make_agent, make_execution, make_plan, make_user_with_token
 from tests.orchestrator.test_decomposition import GUIDE_REQUEST
 from tests.web.helpers import assert_error
-from web.schemas.plans import ID
 
 CAPABILITIES = [{"action": a, "params": []} for a in GUIDE_REQUEST["agent_capabilities"]]
 

@@ -6,41 +6,30 @@ checks access and gathers the input, the decomposer answers, and only applying o
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, fields, pre_load, validate
+from marshmallow import Schema, fields, validate
 
-from orchestrator.decomposition import (
-    DecompositionConfig,
-    DecompositionRequest,
-    DecompositionResult,
+from orchestrator.decomposition import DecompositionRequest, operator_decomposition
+from orchestrator.decomposition.service import (
+    ApplyTo,
     agent_access,
     apply_decomposition,
-    decomposer_for,
+    decompose_task,
     effective_capabilities,
-    normalise_subtasks,
     task_request,
 )
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.models import utcnow
+from orchestrator.plan_schema import ID, DecompositionSchema, DecompositionTaskSchema
 from orchestrator.plans import get_plan, plan_to_dict
 from web.auth import current_principal, require_user
-from web.schemas.plans import ID
 
 bp = Blueprint("decompose", __name__, url_prefix="/api")
 
 
-class TaskInSchema(Schema):
-    task_id = fields.String(required=True, validate=ID)
-    title = fields.String(required=True, validate=validate.Length(1, 500))
-    description = fields.String(load_default="")
-    assignee_role = fields.String(load_default=None, allow_none=True)
-
-
 class DecomposeSchema(Schema):
-    task = fields.Nested(TaskInSchema, required=True)
+    task = fields.Nested(DecompositionTaskSchema, required=True)
     plan_context = fields.Dict(keys=fields.String(), load_default=dict)
     agent_capabilities = fields.List(fields.String(validate=validate.Length(1, 120)), load_default=None)
     plan_id = fields.String(load_default=None, allow_none=True, validate=ID)
@@ -48,31 +37,9 @@ class DecomposeSchema(Schema):
     replace = fields.Boolean(load_default=False)
 
 
-class SubtaskInSchema(Schema):
-    subtask_id = fields.String(required=True, validate=ID)
-    title = fields.String(required=True, validate=validate.Length(1, 500))
-    action = fields.String(load_default=None, allow_none=True, validate=validate.Length(1, 120))
-    params = fields.Dict(keys=fields.String(), load_default=dict)
-    depends_on = fields.List(fields.String(), load_default=list)
-    success_criteria = fields.List(fields.String(), load_default=list)
-    failure_handling = fields.String(load_default=None, allow_none=True)
-
-
-class DecompositionInSchema(Schema):
-    decomposed_subtasks = fields.List(fields.Nested(SubtaskInSchema), required=True,
-                                      validate=validate.Length(1, 500))
-    decomposition_confidence = fields.Float(load_default=1.0, validate=validate.Range(0, 1))
-    notes = fields.String(load_default="")
+class DecompositionInSchema(DecompositionSchema):
     agent_id = fields.String(load_default=None, allow_none=True, validate=ID)
     replace = fields.Boolean(load_default=False)
-
-    @pre_load
-    def _subtasks_alias(self, data: Any, **_: Any) -> Any:
-        # "subtasks" is accepted for "decomposed_subtasks", the guide's name.
-        if isinstance(data, dict) and "subtasks" in data and "decomposed_subtasks" not in data:
-            data = {**data, "decomposed_subtasks": data["subtasks"]}
-            del data["subtasks"]
-        return data
 
 
 _decompose = DecomposeSchema()
@@ -97,18 +64,9 @@ def decompose(agent_id: str) -> ResponseReturnValue:
             stored = task_request(s, access.plan_principal, data["plan_id"], data["task"]["task_id"], caps)
             context = {**stored.plan_context, **context}
     req = DecompositionRequest(task=data["task"], plan_context=context, capabilities=caps)
-    result = decomposer_for(current_app.config.get("SETTINGS")).decompose(req)
-    result.warnings[:0] = warnings
-    body = result.to_response()
-    if data["apply"]:
-        threshold = DecompositionConfig.from_env().apply_threshold
-        applied = result.decomposition_confidence >= threshold and bool(result.decomposed_subtasks)
-        if applied:
-            with db.unit_of_work() as s:
-                apply_decomposition(s, access.plan_principal, data["plan_id"], req.task_id, result, utcnow(),
-                                    replace=data["replace"])
-        body.update(applied=applied, proposal=not applied, apply_threshold=threshold)
-    return jsonify(body)
+    apply_to = ApplyTo(access.plan_principal, data["plan_id"], data["replace"]) if data["apply"] else None
+    done = decompose_task(db, current_app.config["SETTINGS"], req, apply_to=apply_to, warnings=warnings)
+    return jsonify(done.to_response())
 
 
 @bp.post("/plans/<plan_id>/tasks/<task_id>/decomposition")
@@ -122,10 +80,7 @@ def store(plan_id: str, task_id: str) -> ResponseReturnValue:
     if data["agent_id"]:
         with db.reading() as s:
             caps = set(agent_access(s, principal, data["agent_id"]).capabilities) or None
-    norm = normalise_subtasks(task_id, data["decomposed_subtasks"], caps, strict=True)
-    result = DecompositionResult(task_id=task_id, decomposition_confidence=data["decomposition_confidence"],
-                                 decomposed_subtasks=norm.subtasks, execution_sequence=norm.execution_sequence,
-                                 notes=data["notes"], decomposer="operator")
+    result = operator_decomposition(task_id, data, caps)
     with db.unit_of_work() as s:
         apply_decomposition(s, principal, plan_id, task_id, result, utcnow(), replace=data["replace"])
         plan = plan_to_dict(get_plan(s, principal, plan_id))

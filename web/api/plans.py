@@ -6,11 +6,11 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from orchestrator.models import utcnow
+from orchestrator.plan_schema import PlanSchema
 from orchestrator.plans import create_plan, get_plan, list_plans, plan_to_dict
 from orchestrator.publish import iso
 from web.auth import current_principal, require_user
 from web.schemas.executions import ListQuerySchema
-from web.schemas.plans import PlanSchema
 
 bp = Blueprint("plans", __name__, url_prefix="/api")
 _schema = PlanSchema()

@@ -4,7 +4,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
-from web.schemas.plans import ID
+from orchestrator.plan_schema import ID
 
 
 class Capability(fields.Field):

@@ -3,8 +3,8 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from orchestrator.executions import CONTROL_STATUSES
+from orchestrator.plan_schema import ID
 from orchestrator.state_machine import VALID_TRANSITIONS
-from web.schemas.plans import ID
 
 
 class CreateExecutionSchema(Schema):

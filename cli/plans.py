@@ -5,6 +5,7 @@ Errors are one line on stderr and a non-zero exit (never a traceback); nothing i
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,11 +15,17 @@ from typing import Any
 import click
 from marshmallow import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.credentials import Principal
 from orchestrator.db import Database
+from orchestrator.decomposition.service import ApplyTo, agent_access, decompose_task, task_request
 from orchestrator.errors import DomainError
 from orchestrator.models import User, utcnow
+from orchestrator.plan_files import dump_plan
+from orchestrator.plan_import import plan_data_from_files
+from orchestrator.planexe import looks_like_planexe, read_folder
+from orchestrator.plans import create_plan, get_plan, plan_to_dict
 from orchestrator.settings import Settings
 
 
@@ -27,10 +34,17 @@ def plans() -> None:
     """Plans: import (PlanExe folders, plan files), export, decompose."""
 
 
-@contextmanager
-def _database() -> Iterator[Database]:
+def _settings() -> Settings:
     try:
-        db = Database(Settings.from_env())
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Database]:
+    try:
+        db = Database(settings)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -45,9 +59,6 @@ def _details(details: dict[str, Any]) -> str:
 
 def _one_line_errors(fn: Callable[..., None]) -> Callable[..., None]:
     """Domain and input errors become ClickException (exit 1, one line); so do database errors."""
-    import functools
-
-    from sqlalchemy.exc import SQLAlchemyError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -63,9 +74,9 @@ def _one_line_errors(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _principal(db: Database, username: str | None) -> Principal:
+def _principal(db: Database, username: str | None, settings: Settings) -> Principal:
     """The user the command acts for: --owner, else the configured admin user."""
-    name = username or Settings.from_env().admin_user
+    name = username or settings.admin_user
     with db.reading() as s:
         user = s.scalar(select(User).where(User.username == name))
         if user is None:
@@ -74,8 +85,6 @@ def _principal(db: Database, username: str | None) -> Principal:
 
 
 def _read_input(path: Path) -> tuple[dict[str, str | bytes], str | None]:
-    from orchestrator.planexe import looks_like_planexe, read_folder
-
     if not path.exists():
         raise click.ClickException(f"{path} does not exist.")
     if path.is_dir():
@@ -96,13 +105,11 @@ def _read_input(path: Path) -> tuple[dict[str, str | bytes], str | None]:
 @_one_line_errors
 def import_cmd(path: Path, owner: str | None) -> None:
     """Import PATH: a PlanExe output folder or file, or a plan file (YAML/JSON)."""
-    from orchestrator.plans import create_plan
-    from web.api.imports import plan_data_from_files
-
     files, fmt = _read_input(path)
     data, warnings, source = plan_data_from_files(files, fmt)
-    with _database() as db:
-        principal = _principal(db, owner)
+    settings = _settings()
+    with _database(settings) as db:
+        principal = _principal(db, owner, settings)
         with db.unit_of_work() as s:
             plan = create_plan(s, principal.id, data, utcnow(), source=source)
             plan_id, n_tasks = plan.id, len(plan.tasks)
@@ -117,10 +124,7 @@ def import_cmd(path: Path, owner: str | None) -> None:
 @_one_line_errors
 def export_cmd(plan_id: str, fmt: str) -> None:
     """Write plan PLAN_ID to stdout in the plan file format."""
-    from orchestrator.plan_files import dump_plan
-    from orchestrator.plans import get_plan, plan_to_dict
-
-    with _database() as db, db.reading() as s:
+    with _database(_settings()) as db, db.reading() as s:
         text = dump_plan(plan_to_dict(get_plan(s, Principal("user", "cli", is_admin=True), plan_id)), fmt)
     click.echo(text, nl=False)
 
@@ -134,31 +138,16 @@ def export_cmd(plan_id: str, fmt: str) -> None:
 @_one_line_errors
 def decompose_cmd(plan_id: str, task_id: str, agent_id: str, apply_: bool, replace: bool) -> None:
     """Decompose task TASK_ID of plan PLAN_ID for agent AGENT_ID; print the guide's response as JSON."""
-    from orchestrator.decomposition import (
-        DecompositionConfig,
-        agent_access,
-        apply_decomposition,
-        decomposer_for,
-        task_request,
-    )
-
     admin = Principal("user", "cli", is_admin=True)
-    with _database() as db:
+    settings = _settings()
+    with _database(settings) as db:
         with db.reading() as s:
             caps = agent_access(s, admin, agent_id).capabilities
             req = task_request(s, admin, plan_id, task_id, caps)
         if not caps:
             raise click.ClickException(f"Agent {agent_id} has no registered capabilities to decompose into.")
-        result = decomposer_for(None).decompose(req)
-        body = result.to_response()
-        if apply_:
-            threshold = DecompositionConfig.from_env().apply_threshold
-            applied = result.decomposition_confidence >= threshold and bool(result.decomposed_subtasks)
-            if applied:
-                with db.unit_of_work() as s:
-                    apply_decomposition(s, admin, plan_id, task_id, result, utcnow(), replace=replace)
-            body.update(applied=applied, proposal=not applied, apply_threshold=threshold)
-    click.echo(json.dumps(body, indent=2, ensure_ascii=False))
-    if apply_ and not body["applied"]:
-        click.echo(f"not applied: confidence {result.decomposition_confidence} is below {body['apply_threshold']}; "
+        done = decompose_task(db, settings, req, apply_to=ApplyTo(admin, plan_id, replace) if apply_ else None)
+    click.echo(json.dumps(done.to_response(), indent=2, ensure_ascii=False))
+    if apply_ and not done.applied:
+        click.echo(f"not applied: confidence {done.result.decomposition_confidence} is below {done.apply_threshold}; "
                    f"edit it and POST it to /api/plans/{plan_id}/tasks/{task_id}/decomposition", err=True)

@@ -11,12 +11,12 @@ import time
 import click
 
 import migrations
+from cli.events import events
+from cli.plans import plans
 from orchestrator.bootstrap import ensure_admin
 from orchestrator.db import Database
 from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from orchestrator.settings import Settings
-from web.cli_events import events
-from web.cli_plans import plans
 
 
 def _settings() -> Settings:

@@ -1,0 +1,1 @@
+"""The `orchestrator` command: runs the stack and its processes, migrates, imports and exports plans."""
