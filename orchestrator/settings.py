@@ -13,17 +13,19 @@
 | INGEST_SHARDS | 8 | event streams; events of one execution always go to the same one |
 | INGEST_BATCH_SIZE | 500 | events a worker applies in one transaction at most |
 | INGEST_REPLY_WAIT_MS | 500 | how long an event POST waits for its outcome before answering 202 |
-| INGEST_LEASE_SECONDS | 30 | a draining worker's lease on a shard; a dead worker's events move on after it |
+| INGEST_LEASE_SECONDS | 5 | a draining worker's shard lease, renewed while it lives; a dead one's expires this fast |
 | NOTIFY_WEBHOOK_URL | (unset) | where blocks are POSTed for owners (signed); a log line is always written |
 | NOTIFY_WEBHOOK_SECRET | SECRET_KEY | HMAC-SHA256 key of the `X-Orchestrator-Signature` header |
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
 | LOG_LEVEL | INFO | |
-
-The decomposer's settings (DECOMPOSER, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL, LLM_TIMEOUT_SECONDS,
-DECOMPOSITION_APPLY_THRESHOLD) are read by `orchestrator.decomposition.DecompositionConfig` and
-listed in docs/plan-format.md.
+| DECOMPOSER | auto | template, llm, or auto (llm when LLM_BASE_URL is set) |
+| LLM_BASE_URL | (unset) | OpenAI-compatible API root of the LLM decomposer, e.g. https://api.openai.com/v1 |
+| LLM_API_KEY | (unset) | sent to it as `Authorization: Bearer` |
+| LLM_MODEL | gpt-4o-mini | model name |
+| LLM_TIMEOUT_SECONDS | 30 | after this the template decomposer answers instead |
+| DECOMPOSITION_APPLY_THRESHOLD | 0.75 | confidence (0 to 1) below which a decomposition is only a proposal |
 """
 
 from __future__ import annotations
@@ -31,19 +33,33 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def _number(env: Mapping[str, str], key: str, default: N, kind: Callable[[str], N]) -> N:
     raw = env.get(key)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{key} must be a whole number, got {raw!r}") from exc
+        raise ValueError(f"{key} must be {_KINDS[kind]}, got {raw!r}") from exc
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    return _number(env, key, default, int)
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    return _number(env, key, default, float)
 
 
 def _load_or_create_secret(data_dir: Path) -> str:
@@ -80,6 +96,12 @@ class Settings:
     sweep_interval_seconds: int
     log_level: str
     max_body_bytes: int
+    decomposer: str
+    llm_base_url: str | None
+    llm_api_key: str | None
+    llm_model: str
+    llm_timeout_seconds: float
+    decomposition_apply_threshold: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -99,13 +121,19 @@ class Settings:
             ingest_shards=max(1, _int(env, "INGEST_SHARDS", 8)),
             ingest_batch_size=max(1, _int(env, "INGEST_BATCH_SIZE", 500)),
             ingest_reply_wait_ms=max(0, _int(env, "INGEST_REPLY_WAIT_MS", 500)),
-            ingest_lease_seconds=max(1, _int(env, "INGEST_LEASE_SECONDS", 30)),
+            ingest_lease_seconds=max(1, _int(env, "INGEST_LEASE_SECONDS", 5)),
             notify_webhook_url=env.get("NOTIFY_WEBHOOK_URL") or None,
             notify_webhook_secret=env.get("NOTIFY_WEBHOOK_SECRET") or secret,
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            decomposer=(env.get("DECOMPOSER") or "auto").lower(),
+            llm_base_url=env.get("LLM_BASE_URL") or None,
+            llm_api_key=env.get("LLM_API_KEY") or None,
+            llm_model=env.get("LLM_MODEL") or "gpt-4o-mini",
+            llm_timeout_seconds=_float(env, "LLM_TIMEOUT_SECONDS", 30.0),
+            decomposition_apply_threshold=max(0.0, min(1.0, _float(env, "DECOMPOSITION_APPLY_THRESHOLD", 0.75))),
         )
 
     def replace(self, **changes: object) -> Settings:

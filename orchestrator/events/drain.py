@@ -6,6 +6,12 @@ commit (invariant 1); a worker killed mid-batch leaves them pending, and the nex
 reads its pending list before anything new. Replies, pub/sub and hold releases follow the commit
 (invariant 5).
 
+The lease is short and renewed while its holder lives (`events/lease.py`), so a dead worker's shard
+resumes within seconds. A holder that outlived its lease without noticing (a stalled process) can
+neither read new entries nor commit over the batches of the holder after it: each batch's
+transaction ends at the shard's fence (`advance_fence`), and a refused batch rolls back whole and
+stops the drain, with nothing acknowledged and nothing set aside.
+
 A bad message is the message's problem, not the shard's: when a batch fails for a reason other
 than an unreachable database or Redis, it is split until the entries that fail alone are found; the
 rest is applied. A failing entry stays pending and is tried again, and once it has been delivered
@@ -17,35 +23,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 import redis
-from redis.exceptions import LockError, ResponseError
+from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from orchestrator.db import Database, is_transient
+from orchestrator.effects import Notify, carry_out
 from orchestrator.events.apply import BatchResult, apply_batch
 from orchestrator.events.dead_letters import DeadLetters
-from orchestrator.events.protocol import (
-    CONSUMER,
-    GROUP,
-    OUTCOME_SECONDS,
-    REPLY_SECONDS,
-    Envelope,
-    Keys,
-    MalformedEntry,
-)
-from orchestrator.holds import release_holds
+from orchestrator.events.lease import FencedOut, LeaseLost, ShardLease, ShardLeases, advance_fence
+from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry, store_outcome
 from orchestrator.models import utcnow
-from orchestrator.publish import publish
-from orchestrator.state_machine import log_transition
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[dict[str, Any]], None]
 Entry = tuple[bytes, Envelope]
 Raw = dict[bytes, dict[bytes, bytes]]
 
@@ -62,6 +57,7 @@ class DrainStats:
     batch_sizes: list[int] = field(default_factory=list)
     lease_taken: bool = True
     more: bool = False  # stopped at the time budget with entries left: drain again soon
+    superseded: bool = False  # the lease passed to a newer holder mid-drain: it drains the rest
 
 
 def ensure_group(r: redis.Redis, stream: str) -> None:
@@ -98,6 +94,7 @@ class ShardDrainer:
         self.notify = notify
         self.max_deliveries = max_deliveries
         self.dead_letters = DeadLetters(r, prefix)
+        self.leases = ShardLeases(r, self.keys, lease_seconds)
 
     def drain(self, shard: int, budget_seconds: float = 0.25, max_rounds: int = 20) -> DrainStats:
         """Drain `shard` until its stream is empty, or return at once if another worker holds it.
@@ -109,19 +106,21 @@ class ShardDrainer:
         stream = self.keys.stream(shard)
         deadline = time.monotonic() + budget_seconds
         for _ in range(max_rounds):
-            lock = self.redis.lock(self.keys.lease(shard), timeout=self.lease_seconds, blocking=False,
-                                   thread_local=False)
-            if not lock.acquire():
+            lease = self.leases.acquire(shard)
+            if lease is None:
                 stats.lease_taken = stats.batches > 0
                 return stats
             try:
                 ensure_group(self.redis, stream)
-                self._drain_locked(shard, stream, lock, stats, deadline)
+                with lease.kept_alive():
+                    self._drain_locked(lease, stream, stats, deadline)
+            except LeaseLost as exc:
+                if not self._token_was_behind(lease, exc):
+                    log.warning("shard %s: stopped draining, a newer lease holder takes over (%s)", shard, exc)
+                    stats.superseded = True
+                    return stats
             finally:
-                try:
-                    lock.release()
-                except LockError:
-                    log.warning("lease on shard %s expired while draining", shard)
+                lease.release()
             # An event accepted after our last read may have found the trigger flag still set and
             # sent no trigger. Clearing the flag first means: whatever arrives from here on triggers
             # a drain itself, and whatever arrived before is seen by the length check.
@@ -133,22 +132,23 @@ class ShardDrainer:
                 break
         return stats
 
-    def _drain_locked(self, shard: int, stream: str, lock: Any, stats: DrainStats, deadline: float) -> None:
-        backlog = True  # first what a dead predecessor (or a failed try) read but never acknowledged
+    def _drain_locked(self, lease: ShardLease, stream: str, stats: DrainStats, deadline: float) -> None:
+        """Read, apply and acknowledge batches until the stream is empty or the budget is spent.
+        Raises LeaseLost once the lease is no longer ours (each read renews it, or finds it gone)."""
+        shard = lease.shard
+        start = "0"  # first what a dead predecessor (or a failed try) read but never acknowledged
         while True:
-            if not backlog:
+            if start == ">":
                 self.redis.delete(self.keys.trigger_flag(shard))
-            resp = self.redis.xreadgroup(GROUP, CONSUMER, {stream: "0" if backlog else ">"}, count=self.batch_size)
-            raw = resp[0][1] if resp else []
-            raw = [(eid, f) for eid, f in raw if f]  # pending entries already deleted come back empty
+            got = lease.read(stream, start, self.batch_size)
+            raw = [(eid, f) for eid, f in got if f]  # pending entries already deleted come back empty
             if not raw:
-                if backlog:
-                    backlog = False
-                    continue
-                return
+                if start == ">":
+                    return
+                start = self._next_start(start, got)
+                continue
             entries = self._decode(shard, stream, raw, stats)
-            result, failed = self._apply_isolating(entries)
-            pending = bool(failed)
+            result, failed = self._apply_isolating(entries, lease)
             done = [eid for eid, _ in entries if eid not in failed]
             if done:
                 pipe = self.redis.pipeline(transaction=False)
@@ -156,17 +156,26 @@ class ShardDrainer:
                 pipe.xdel(stream, *done)
                 pipe.execute()
             self._after_commit(result)
-            moved = self._settle_failures(shard, stream, dict(raw), entries, failed)
-            stats.dead_lettered += moved
-            # Whatever failed and was not set aside is still pending: read it again (a new delivery).
-            backlog = pending and moved < len(failed)
             stats.batches += 1
             stats.applied += result.applied
             stats.duplicates += result.duplicates
             stats.batch_sizes.append(len(raw))
-            lock.reacquire()
+            if failed:
+                lease.renew()  # set entries aside only while the shard is still ours
+            moved = self._settle_failures(shard, stream, dict(raw), entries, failed)
+            stats.dead_lettered += moved
+            # Whatever failed and was not set aside is still pending: read it again (a new delivery).
+            start = "0" if moved < len(failed) else self._next_start(start, got)
             if time.monotonic() >= deadline:
                 return
+
+    def _next_start(self, start: str, got: list[tuple[bytes, dict[bytes, bytes]]]) -> str:
+        """Where the next read starts: the rest of the pending list while a full batch of it came back
+        (a predecessor with larger batches may have left more than one), then new entries (">"), so
+        that nothing new overtakes what was accepted before it."""
+        if start != ">" and len(got) >= self.batch_size:
+            return got[-1][0].decode()
+        return ">"
 
     def _decode(self, shard: int, stream: str, raw: list[tuple[bytes, dict[bytes, bytes]]],
                 stats: DrainStats) -> list[Entry]:
@@ -180,27 +189,46 @@ class ShardDrainer:
                 stats.dead_lettered += 1
         return entries
 
-    def _apply_isolating(self, entries: list[Entry]) -> tuple[BatchResult, dict[bytes, BaseException]]:
+    def _apply_isolating(self, entries: list[Entry],
+                         lease: ShardLease) -> tuple[BatchResult, dict[bytes, BaseException]]:
         """Apply `entries`; when the batch fails because of what it holds, apply it in halves, down to
-        the single entries that fail alone. Returns the merged result and the failing entries."""
+        the single entries that fail alone. Returns the merged result and the failing entries.
+
+        A fenced-out batch is no entry's fault: a newer holder exists, so this drain stops whole."""
         if not entries:
             return BatchResult(), {}
         try:
-            return self._apply([env for _, env in entries]), {}
+            return self._apply([env for _, env in entries], lease), {}
         except Exception as exc:
-            if is_unavailable(exc):
+            if is_unavailable(exc) or isinstance(exc, LeaseLost):
                 raise
             if len(entries) == 1:
                 return BatchResult(), {entries[0][0]: exc}
         mid = len(entries) // 2
-        first, failed_first = self._apply_isolating(entries[:mid])
-        second, failed_second = self._apply_isolating(entries[mid:])
+        first, failed_first = self._apply_isolating(entries[:mid], lease)
+        second, failed_second = self._apply_isolating(entries[mid:], lease)
         first.merge(second)
         return first, {**failed_first, **failed_second}
 
-    def _apply(self, envelopes: list[Envelope]) -> BatchResult:
-        return self.db.transaction(lambda session: apply_batch(session, envelopes, utcnow()), attempts=5,
-                                   retry_if=_worth_retrying)
+    def _apply(self, envelopes: list[Envelope], lease: ShardLease) -> BatchResult:
+        def work(session: Session) -> BatchResult:
+            result = apply_batch(session, envelopes, utcnow())
+            advance_fence(session, lease.shard, lease.token)  # last: after apply's row locks
+            return result
+
+        return self.db.transaction(work, attempts=5, retry_if=_worth_retrying)
+
+    def _token_was_behind(self, lease: ShardLease, exc: LeaseLost) -> bool:
+        """After a refusal, lift the token counter past the database's token. If the lease is still
+        ours, no newer holder exists: the counter itself was behind (Redis lost it, or came back from
+        an AOF that had not caught up), and the next round, with a fresh token, may go on."""
+        if not isinstance(exc, FencedOut):
+            return False
+        self.leases.raise_floor(lease.shard, exc.newest)
+        if not lease.held():
+            return False
+        log.warning("shard %s: the lease token counter was behind the database (%s); raised", lease.shard, exc)
+        return True
 
     def _settle_failures(self, shard: int, stream: str, raw: Raw, entries: list[Entry],
                          failed: dict[bytes, BaseException]) -> int:
@@ -233,23 +261,12 @@ class ShardDrainer:
         return found
 
     def _after_commit(self, result: BatchResult) -> None:
+        """Answer the waiting POSTs first (their agents wait on them), then the rest of the work."""
         pipe = self.redis.pipeline(transaction=False)
         for eid, outcome in result.outcomes.items():
-            payload = orjson.dumps(outcome)
-            pipe.set(self.keys.outcome(eid), payload, ex=OUTCOME_SECONDS)
-            pipe.rpush(self.keys.reply(eid), payload)
-            pipe.expire(self.keys.reply(eid), REPLY_SECONDS)
+            store_outcome(pipe, self.keys, eid, orjson.dumps(outcome))
         pipe.execute()
-        for execution_id, subtask_ids in result.released_holds.items():
-            release_holds(self.redis, self.prefix, execution_id, subtask_ids)
-        publish(self.redis, self.prefix, result.messages)
-        for execution_id, old, new in result.transitions:
-            log_transition(execution_id, old, new)
-        for notice in result.notifications:
-            log.warning("Execution %s blocked: %s (owner %s; options: %s)", notice["execution_id"],
-                        notice["error_message"], notice["owner_id"], ", ".join(notice["next_step_options"]))
-            if self.notify is not None:
-                self.notify(notice)
+        carry_out(self.redis, self.prefix, result.after, self.notify)
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:

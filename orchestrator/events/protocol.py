@@ -51,6 +51,10 @@ class Keys:
     def lease(self, shard: int) -> str:
         return f"{self.prefix}lease:{shard}"
 
+    def lease_tokens(self, shard: int) -> str:
+        # The shard's fencing-token counter: only ever incremented (or raised), never reset or expired.
+        return f"{self.prefix}lease-tokens:{shard}"
+
     def dead_letters(self) -> str:
         return f"{self.prefix}dead-letters"
 

@@ -5,6 +5,7 @@ from orchestrator.models.base import Base, UTCDateTime, utcnow
 from orchestrator.models.events import ExecutionEvent
 from orchestrator.models.executions import Execution, ExecutionSubtask, ExecutionTask
 from orchestrator.models.plans import Plan, PlanSubtask, PlanTask
+from orchestrator.models.shards import ShardFence
 from orchestrator.models.users import ApiCredential, User
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "Plan",
     "PlanSubtask",
     "PlanTask",
+    "ShardFence",
     "UTCDateTime",
     "User",
     "utcnow",
