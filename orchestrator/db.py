@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import event_positions
@@ -16,12 +19,64 @@ from orchestrator.errors import Conflict
 from orchestrator.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# How a lost connection shows. SQLAlchemy flags most losses itself (`connection_invalidated`, from
+# psycopg's `broken`/`closed`); these catch the rest. SQLSTATE prefixes: 57P01 admin shutdown (what
+# `pg_terminate_backend` sends), 57P02 crash shutdown, class 08 "connection exception".
+_LOST_STATES = ("57P01", "57P02", "08")
+_LOST_TEXTS = ("terminating connection", "server closed the connection", "consuming input failed",
+               "connection is closed", "connection is lost", "connection has been closed",
+               "could not receive data from server", "could not send data to server", "no connection to the server")
+# Connecting failed: the server is down, restarting (57P03) or full (53300). psycopg words its own
+# failures "connection failed: ..." (refused, timeout, unknown host).
+_CONNECT_STATES = ("57P03", "53300")
+_CONNECT_TEXTS = ("connection failed", "connection refused", "could not connect", "connection timeout expired",
+                  "the database system is starting up", "the database system is shutting down")
+# libpq waits as long as the kernel does (minutes) for an unreachable host; a request should fail
+# over to a 503 sooner. A connect_timeout in the URL wins.
+CONNECT_TIMEOUT_SECONDS = 10
 
 
 def is_transient(exc: DBAPIError) -> bool:
     """A deadlock victim or a serialisation failure: the transaction rolled back whole; try again."""
     text = str(exc.orig).lower()
     return any(s in text for s in ("deadlock", "could not serialize", "database is locked", "lock timeout"))
+
+
+def _connection_error(exc: DBAPIError, states: tuple[str, ...], texts: tuple[str, ...]) -> bool:
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    state = getattr(exc.orig, "sqlstate", None) or ""  # psycopg's; sqlite3 has none
+    text = str(exc.orig).lower()
+    return (bool(state) and state.startswith(states)) or any(t in text for t in texts)
+
+
+def is_connection_lost(exc: DBAPIError) -> bool:
+    """The connection died under the statement (a failover, a restart, `pg_terminate_backend`): the
+    server rolled its transaction back, and a fresh connection may well work."""
+    return exc.connection_invalidated or _connection_error(exc, _LOST_STATES, _LOST_TEXTS)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached just now: no connection could be made, one was lost, or the
+    pool had none free in time. Worth a later retry by the client; nothing about the request is wrong."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and (
+        is_connection_lost(exc) or _connection_error(exc, _CONNECT_STATES, _CONNECT_TEXTS))
+
+
+# Set by `Database.transaction` around each try; the engine's "commit" event marks it just before the
+# COMMIT goes out. Until then a lost connection leaves nothing behind; from then on the commit may
+# have happened. (A contextvar: the event knows the connection, not the transaction's caller.)
+_commit_sent: ContextVar[list[bool] | None] = ContextVar("commit_sent", default=None)
+
+
+def _note_commit_sent(_conn: Any) -> None:
+    sent = _commit_sent.get()
+    if sent is not None:
+        sent.append(True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -66,7 +121,14 @@ def make_engine(url: str, *, immediate: bool = True, **kwargs: Any) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgres://")
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
+    # Pessimistic disconnect handling: checkout pings a pooled connection first and replaces it if it is
+    # dead. A failed ping (or a connection lost mid-statement) also marks every connection opened
+    # before it stale (SQLAlchemy's `Pool._invalidate`), so after a failover the rest are replaced on
+    # checkout without a ping each. What pings cannot catch, a connection dying inside a
+    # transaction, `Database.transaction` retries.
     kwargs.setdefault("pool_pre_ping", True)
+    if "connect_timeout=" not in url:
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.get("connect_args", {})}
     return create_engine(url, **kwargs)
 
 
@@ -79,6 +141,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Every committing session numbers the events it wrote, in commit order, as it commits.
         event_positions.install(self._sessions)
+        event.listen(self.engine, "commit", _note_commit_sent)  # what `transaction` may retry
         # On SQLite, readers get their own engine so that they never queue behind the write lock.
         self._read_engine = (
             make_engine(settings.database_url, immediate=False) if self.engine.dialect.name == "sqlite"
@@ -110,21 +173,40 @@ class Database:
                     retry_if: Callable[[DBAPIError], bool] = is_transient) -> T:
         """Run `work` in a unit of work, again (from scratch) when the database picked it as a
         deadlock victim: concurrent claimers and workers lock rows in orders that can cross.
-        `retry_if` widens what counts as worth another try."""
-        for attempt in range(attempts):
+        `retry_if` widens what counts as worth another try; `attempts` bounds those tries.
+
+        A connection lost before the COMMIT went out (a failover, a restart) gets one more try on
+        top, on a fresh connection: the server rolled the whole transaction back, so nothing of the
+        first try stays. A connection lost during the COMMIT is not retried, since the commit may have
+        happened; nor is a second loss in a row, an outage rather than a blip (`is_unreachable`)."""
+        tries, reconnected = 0, False
+        while True:
+            tries += 1
+            sent: list[bool] = []
+            token = _commit_sent.set(sent)
             try:
                 with self.unit_of_work() as session:
                     return work(session)
             except DBAPIError as exc:
-                if attempt == attempts - 1 or not retry_if(exc):
+                if not sent and not reconnected and is_connection_lost(exc):
+                    # SQLAlchemy invalidated the pool's older connections with this one: the next
+                    # checkout connects afresh.
+                    log.warning("database connection lost (%s); retrying on a fresh one", type(exc.orig).__name__)
+                    reconnected = True
+                    continue
+                if tries >= attempts or not retry_if(exc):
                     raise
-                time.sleep(0.02 * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(0.02 * tries)
+            finally:
+                _commit_sent.reset(token)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A session for queries only; it never commits. Objects read stay usable after the block
-        (closing detaches them with their loaded state; a rollback would expire it)."""
+        (closing detaches them with their loaded state; a rollback would expire it).
+
+        Not retried: the block cannot be run twice. A dead pooled connection is replaced at checkout
+        (`pool_pre_ping`); one lost in the middle of the block raises, and the web answers 503."""
         session = self._read_sessions()
         try:
             yield session

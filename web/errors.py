@@ -3,7 +3,8 @@
 Domain errors map to their status here and nowhere else; anything unexpected is logged with its
 stack trace and answered with a bare 500, so no internals reach a client. Bad input: 400 for a body
 that does not parse, 413 for one past MAX_CONTENT_LENGTH, 422 for one that parses but breaks a schema,
-a storage limit (`UnstorableValue`) or a domain rule.
+a storage limit (`UnstorableValue`) or a domain rule. Redis or the database out of reach (a failover, a
+restart, a full pool) is a 503 "unavailable" with `Retry-After`: the request was fine, try it again.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import redis
 from flask import Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
+from orchestrator.db import is_unreachable
 from orchestrator.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,10 @@ STATUS_BY_ERROR: list[tuple[type[DomainError], int]] = [
     (Forbidden, 403),
     (Unauthorized, 401),
 ]
+
+# Long enough for a failover or a pool to drain a little, short enough that an agent's poll loop
+# barely notices.
+RETRY_AFTER_SECONDS = 3
 
 
 def error_response(status: int, code: str, message: str, details: Any = None) -> ResponseReturnValue:
@@ -50,6 +57,24 @@ def _http_details(exc: HTTPException) -> dict[str, Any] | None:
     if exc.code == 413:
         return {"max_bytes": current_app.config.get("MAX_CONTENT_LENGTH")}
     return None
+
+
+def unavailable(message: str) -> ResponseReturnValue:
+    body, status = error_response(503, "unavailable", message)  # type: ignore[misc]
+    return body, status, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def _database_reason(exc: SQLAlchemyError) -> str:
+    # The driver's first line says what happened to the connection; str(exc) would add the SQL
+    # and its parameters, which stay out of the log as they stay out of the answer.
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+def _internal_error(exc: Exception) -> ResponseReturnValue:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "Something went wrong on our side.")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -76,9 +101,17 @@ def register_error_handlers(app: Flask) -> None:
     def _redis_down(exc: redis.RedisError) -> ResponseReturnValue:
         # Nothing was accepted: the client may retry the same request (with its idempotency key).
         log.error("Redis unavailable: %s", exc)
-        return error_response(503, "unavailable", "The event queue is unavailable; retry shortly.")
+        return unavailable("The event queue is unavailable; retry shortly.")
+
+    @app.errorhandler(SQLAlchemyError)
+    def _database(exc: SQLAlchemyError) -> ResponseReturnValue:
+        if not is_unreachable(exc):
+            return _internal_error(exc)
+        # A failover or a restart, not a bug: no stack trace. `Database.transaction` has already
+        # retried a lost connection once; the client tries again after Retry-After.
+        log.warning("database unavailable: %s", _database_reason(exc))
+        return unavailable("The database is unavailable; retry shortly.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "Something went wrong on our side.")
+        return _internal_error(exc)
