@@ -46,6 +46,7 @@ POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 QUEUE_SIZE = 1000
 REPLAY_LIMIT = 1000
+CLOSE_WAIT_SECONDS = 2.0
 HOLD_SECONDS = 0.2  # how long the relay waits for an earlier commit's messages
 
 
@@ -220,6 +221,16 @@ def missed_events(session: Session, principal: Principal, execution_id: str | No
     return [(ev, owner) for ev, owner in session.execute(q)]
 
 
+def _close(ws: Any, code: int, message: str) -> None:
+    """Close with `code` and wait (briefly) for the client's reply to the close frame. Returning at
+    once lets the server drop the TCP connection while the reply is in flight: the reset can make the
+    client lose the close frame itself, and it then sees 1005 (no code) instead of ours."""
+    ws.close(code, message)
+    reader = getattr(ws, "thread", None)  # simple_websocket's reader ends on the client's reply
+    if reader is not None:
+        reader.join(CLOSE_WAIT_SECONDS)
+
+
 def _replay(ws: Any, principal: Principal, execution_id: str | None, since: str) -> tuple[int, bool]:
     """Send what the client missed after event `since`, in commit order; return the last position
     covered and whether REPLAY_LIMIT cut the replay short."""
@@ -236,14 +247,14 @@ def _serve(ws: Any, execution_id: str | None) -> None:
     try:
         principal = verify_stream_token(current_app.config["SECRET_KEY"], request.args.get("token"))
     except Unauthorized as exc:
-        ws.close(POLICY_VIOLATION, exc.message)
+        _close(ws, POLICY_VIOLATION, exc.message)
         return
     snapshot = None
     if execution_id is not None:
         with current_app.extensions["db"].reading() as s:
             ex = s.get(Execution, execution_id)
             if ex is None or not (principal.is_admin or ex.owner_id == principal.id):
-                ws.close(POLICY_VIOLATION, "No such execution.")
+                _close(ws, POLICY_VIOLATION, "No such execution.")
                 return
             snapshot = {"type": "execution_update", **summary(ex), "timestamp": iso(utcnow())}
     sub = relay().subscribe(Subscriber(principal, execution_id))
@@ -261,16 +272,16 @@ def _send_stream(ws: Any, sub: Subscriber, snapshot: dict[str, Any] | None) -> N
         try:
             last_seq, cut_short = _replay(ws, sub.principal, sub.execution_id, request.args["since"])
         except UnknownSince:
-            ws.close(POLICY_VIOLATION, "Unknown event in since: reconnect without it and reload.")
+            _close(ws, POLICY_VIOLATION, "Unknown event in since: reconnect without it and reload.")
             return
         if cut_short:
-            ws.close(TRY_AGAIN_LATER, "More to replay: reconnect with ?since=<last event id>.")
+            _close(ws, TRY_AGAIN_LATER, "More to replay: reconnect with ?since=<last event id>.")
             return
     if snapshot is not None:
         ws.send(_client_view(snapshot))
     while ws.connected:
         if sub.overflowed:
-            ws.close(TRY_AGAIN_LATER, "Too slow: reconnect with ?since=<last event id>.")
+            _close(ws, TRY_AGAIN_LATER, "Too slow: reconnect with ?since=<last event id>.")
             return
         try:
             msg = sub.queue.get(timeout=10)

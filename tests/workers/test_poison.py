@@ -195,14 +195,28 @@ def test_any_event_body_answers_4xx_or_2xx_and_its_shard_drains(bodies, app, db,
     _drain_until_empty(drainer, Keys(migrated.redis_key_prefix).stream(shard), shard)
 
 
-def test_dead_letters_cli_and_admin_api(db, redis, migrated, client, tenants) -> None:
+@pytest.fixture
+def isolated(migrated, redis):
+    """Settings with a key prefix (and so a Celery queue) of their own: the session's worker, if one
+    runs, never drains what a requeue puts back, so the test sees exactly what the requeue did."""
+    settings = migrated.replace(redis_key_prefix=f"orchdl:{secrets.token_hex(3)}:")
+    yield settings
+    for key in redis.scan_iter(f"{settings.redis_key_prefix}*"):
+        redis.delete(key)
+
+
+def test_dead_letters_cli_and_admin_api(db, redis, isolated, tenants) -> None:
     from click.testing import CliRunner
 
+    from cli.main import main
     from orchestrator.credentials import issue_credential
     from tests.conftest import settings_env
     from tests.factories import make_user
-    from web.cli import main
+    from web.app import create_app
 
+    migrated = isolated
+    app = create_app(migrated)
+    client = app.test_client()
     a = tenants[0]
     keys = Keys(migrated.redis_key_prefix)
     stream = keys.stream(SHARD)
@@ -238,3 +252,4 @@ def test_dead_letters_cli_and_admin_api(db, redis, migrated, client, tenants) ->
     assert out.exit_code == 0
     with db.reading() as s:
         assert s.scalar(select(func.count()).select_from(ExecutionEvent).where(ExecutionEvent.id.in_(ids))) == 0
+    app.extensions["db"].dispose()
