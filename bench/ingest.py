@@ -39,10 +39,10 @@ import migrations  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
 from orchestrator.events.protocol import read_outcome  # noqa: E402
+from orchestrator.execution_graph import load_graphs, start_subtask  # noqa: E402
 from orchestrator.executions import create_execution  # noqa: E402
 from orchestrator.holds import record_hold  # noqa: E402
 from orchestrator.models import Agent, ExecutionEvent, Plan, PlanSubtask, PlanTask, User, utcnow  # noqa: E402
-from orchestrator.progress import load_graphs, start_subtask  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 

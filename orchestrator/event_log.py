@@ -10,6 +10,14 @@ from sqlalchemy.orm import Session
 from orchestrator.ids import event_id
 from orchestrator.models import ExecutionEvent
 
+# The event types the orchestrator writes itself (agents' own are `state_machine.AGENT_EVENT_TYPES`).
+EXECUTION_CREATED = "execution_created"
+STATUS_CHANGE = "status_change"
+TASK_RESOLVED = "task_resolved"
+SUBTASK_TIMEOUT = "subtask_timeout"  # the sweeper took a subtask back: past its timeout_hours
+AGENT_SILENT = "agent_silent"  # the sweeper took a subtask back: its agent went quiet
+SYSTEM_EVENT_TYPES = frozenset({EXECUTION_CREATED, STATUS_CHANGE, TASK_RESOLVED, SUBTASK_TIMEOUT, AGENT_SILENT})
+
 
 def record_event(
     session: Session,
@@ -38,7 +46,7 @@ def record_transition(session: Session, execution_id: str, old: str, new: str, n
                       source: str = "system", reason: str | None = None) -> ExecutionEvent:
     """The event every state change leaves in the log ("status_change", old and new state in output_data)."""
     return record_event(
-        session, execution_id, "status_change", now, source=source, status=new.lower(),
+        session, execution_id, STATUS_CHANGE, now, source=source, status=new.lower(),
         message=f"Execution {execution_id} transitioned: {old} -> {new}" + (f" ({reason})" if reason else ""),
         output_data={"from": old, "to": new, **({"reason": reason} if reason else {})},
     )

@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 
 from orchestrator.credentials import Principal
 from orchestrator.errors import NotFound
+from orchestrator.execution_graph import load_graphs
 from orchestrator.models import Execution, ExecutionEvent, PlanSubtask, PlanTask
 from orchestrator.paging import newest_first_page
-from orchestrator.progress import load_graphs
 from orchestrator.publish import iso
 
 

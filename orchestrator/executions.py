@@ -13,10 +13,10 @@ from orchestrator.credentials import Principal
 from orchestrator.db import flush_new
 from orchestrator.effects import AfterCommit
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from orchestrator.event_log import record_event
+from orchestrator.event_log import EXECUTION_CREATED, TASK_RESOLVED, record_event
+from orchestrator.execution_graph import ExecutionGraph, load_graphs, retry_subtask, skip_task
 from orchestrator.ids import ID_RULE, is_valid_id, prefixed
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, Plan, PlanTask
-from orchestrator.progress import ExecutionGraph, load_graphs, retry_subtask, skip_task
 from orchestrator.publish import event_message, execution_update
 from orchestrator.retry import RetryPolicy
 from orchestrator.state_machine import (
@@ -118,7 +118,7 @@ def create_execution(
     session.add(ex)
     _add_task_rows(session, plan, execution_id)
     flush_new(session, conflict)
-    record_event(session, execution_id, "execution_created", now, source="user",
+    record_event(session, execution_id, EXECUTION_CREATED, now, source="user",
                  message=f"Execution of plan {plan.id} created", status="created",
                  output_data={"plan_id": plan.id, "agent_id": agent_id})
     return ex
@@ -233,7 +233,7 @@ def resolve_blocked_task(session: Session, principal: Principal, execution_id: s
     else:
         raise ValidationFailed(f"{option!r} has no meaning here.", offered=offered)
     resolved = record_event(
-        session, ex.id, "task_resolved", now, source="user", task_id=task.plan_task_id, status="running",
+        session, ex.id, TASK_RESOLVED, now, source="user", task_id=task.plan_task_id, status="running",
         message=f"Block on {task.plan_task_id} resolved: {option}", output_data={"option": option, "params": params},
     )
     change.after.messages.append(event_message(resolved, ex.owner_id))

@@ -68,14 +68,6 @@ def load_plan_text(text: str | bytes, fmt: str | None = None, name: str = "plan 
     return data
 
 
-def load_plan_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ValidationFailed(f"Cannot read {path}: {exc.strerror or exc}", path=str(path)) from exc
-    return load_plan_text(text, format_for(path.name), path.name)
-
-
 def _without_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_nulls(v) for k, v in value.items() if v is not None}

@@ -1,4 +1,4 @@
-"""Import a PlanExe output folder (see docs in design/planexe-format.md) as plan data for `create_plan`.
+"""Import a PlanExe output folder (the format: docs/planexe-format.md) as plan data for `create_plan`.
 
 Files are matched by the name after the numeric prefix (`019-task_dependencies_raw.json` and
 `021-task_dependencies_raw.json` are the same file), since the prefixes change between versions.

@@ -36,7 +36,7 @@ INTERNAL_KEYS = frozenset({"owner_id", "commit_range"})  # routing and ordering;
 
 
 def channel(prefix: str) -> str:
-    return f"{prefix}stream"
+    return f"{prefix}live"
 
 
 def iso(ts: datetime | None) -> str | None:

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from orchestrator.agents import capability_actions
 from orchestrator.effects import AfterCommit
 from orchestrator.errors import Forbidden, NotFound
+from orchestrator.execution_graph import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
-from orchestrator.progress import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
 from orchestrator.publish import execution_update
 from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
 from orchestrator.transitions import move_execution

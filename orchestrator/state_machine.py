@@ -57,8 +57,6 @@ VALID_TRANSITIONS: dict[str, list[str]] = {
 }
 
 TERMINAL_STATES = frozenset(s for s, targets in VALID_TRANSITIONS.items() if not targets)
-# States in which agents may be handed work.
-WORKABLE_STATES = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.RUNNING})
 # States in which nothing more will ever be handed out.
 FINISHED_STATES = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 
@@ -205,11 +203,3 @@ def settle_taken_back(current: str, retrying: bool) -> list[str]:
         return settle(current, EventFacts("task_error", retries_left=retrying))
     except InvalidStateTransition:
         return []
-
-
-CONTROL_TARGETS = {
-    "queue": ExecutionStatus.QUEUED,
-    "pause": ExecutionStatus.PAUSED,
-    "resume": ExecutionStatus.RUNNING,
-    "cancel": ExecutionStatus.CANCELLED,
-}

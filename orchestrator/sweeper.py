@@ -3,7 +3,7 @@
 Two reasons to take a subtask away from its agent: it has been running longer than its plan's
 `timeout_hours` ("subtask_timeout"), or its agent has gone quiet for longer than the heartbeat
 window ("agent_silent"). Both go through the same graph moves as an agent's own `task_error`
-(orchestrator.progress), so a retry after a timeout looks exactly like a retry after an error.
+(orchestrator.execution_graph), so a retry after a timeout looks exactly like a retry after an error.
 Beat runs `release_overdue_work` every SWEEP_INTERVAL_SECONDS (workers.tasks.release_overdue_work).
 """
 
@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
-from orchestrator import event_log, progress, state_machine
+from orchestrator import event_log, execution_graph, state_machine
 from orchestrator.db import Database
 from orchestrator.effects import AfterCommit, carry_out
 from orchestrator.models import Agent, ExecutionSubtask, PlanSubtask, PlanTask
@@ -30,8 +30,8 @@ from orchestrator.transitions import move_execution
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = "subtask_timeout"
-SILENT = "agent_silent"
+TIMEOUT = event_log.SUBTASK_TIMEOUT
+SILENT = event_log.AGENT_SILENT
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TakenBack:
 class _Due:
     """A RUNNING subtask that may be due, with what deciding needs, loaded with its execution locked."""
 
-    g: progress.ExecutionGraph
+    g: execution_graph.ExecutionGraph
     sub: ExecutionSubtask
     plan_sub: PlanSubtask
     last_seen: datetime | None
@@ -98,7 +98,7 @@ def _lock_due(session: Session, ids: list[str]) -> list[_Due]:
     execution_ids = session.scalars(
         select(ExecutionSubtask.execution_id).where(ExecutionSubtask.id.in_(ids)).distinct()
     ).all()
-    graphs = progress.load_graphs(session, execution_ids, lock=True)
+    graphs = execution_graph.load_graphs(session, execution_ids, lock=True)
     wanted = set(ids)
     subs = [(g, s) for g in graphs.values() for s in g.subtasks.values() if s.id in wanted]
     if not subs:
@@ -124,12 +124,12 @@ def _take_back(session: Session, due: _Due, kind: str, now: datetime, result: Ta
     details: dict[str, Any] = {"reason": kind, "attempt": sub.attempt, "max_attempts": sub.max_attempts}
     # A finished execution never hands work out again, so retrying there would only leave a
     # QUEUED row behind; the subtask just fails.
-    retrying = progress.retries_left(sub) and ex.status not in state_machine.FINISHED_STATES
+    retrying = execution_graph.retries_left(sub) and ex.status not in state_machine.FINISHED_STATES
     if retrying:
-        retry_at = progress.retry_subtask(sub, RetryPolicy.from_json(plan_sub.retry_policy), message, now, g=g)
+        retry_at = execution_graph.retry_subtask(sub, RetryPolicy.from_json(plan_sub.retry_policy), message, now, g=g)
         details.update(retry_scheduled=True, next_attempt=sub.attempt, not_before=iso(retry_at))
     else:
-        progress.fail_subtask(g, sub, message, now)
+        execution_graph.fail_subtask(g, sub, message, now)
         details.update(retry_scheduled=False, attempts_exhausted=True)
     ev = event_log.record_event(
         session, ex.id, kind, now, source="system", subtask_id=sub.plan_subtask_id,
@@ -142,7 +142,7 @@ def _take_back(session: Session, due: _Due, kind: str, now: datetime, result: Ta
     result.after.release(ex.id, sub.plan_subtask_id)
 
 
-def _announce(session: Session, graphs: list[progress.ExecutionGraph], now: datetime, result: TakenBack) -> None:
+def _announce(session: Session, graphs: list[execution_graph.ExecutionGraph], now: datetime, result: TakenBack) -> None:
     """The state of each execution touched, for the dashboard."""
     current = {(g.execution.plan_id, g.execution.current_task_id) for g in graphs if g.execution.current_task_id}
     titles = {
@@ -164,7 +164,7 @@ def take_back_overdue(session: Session, now: datetime, heartbeat_window_seconds:
     ids = _candidates(session, now, window, limit)
     if not ids:
         return result
-    touched: dict[str, progress.ExecutionGraph] = {}
+    touched: dict[str, execution_graph.ExecutionGraph] = {}
     # Decided again on the locked rows: an agent's event or a person may have moved a subtask
     # between the candidate query and the lock.
     for due in _lock_due(session, ids):

@@ -69,7 +69,7 @@ def make_execution(session: Session, owner: User, plan: Plan | None = None, stat
 def block_subtask(session: Session, execution_id: str, subtask_id: str, options: list[str] | None = None,
                   error: str = "Carol's address bounced") -> list[str]:
     """Block the task of `subtask_id` as an agent's blocking error would, execution BLOCKED; the options offered."""
-    from orchestrator.progress import block_task, load_graphs
+    from orchestrator.execution_graph import block_task, load_graphs
 
     g = load_graphs(session, [execution_id])[execution_id]
     offered = block_task(g, g.subtasks[subtask_id], error, ["Call Carol"], options)

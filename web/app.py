@@ -16,9 +16,9 @@ from web.api import register_api
 from web.dashboard import bp as dashboard_bp
 from web.errors import register_error_handlers
 from web.json_body import BodyJSONProvider
+from web.live import bp as live_bp
+from web.live import sock
 from web.routing import IdConverter
-from web.stream import bp as stream_bp
-from web.stream import sock
 from workers.celery_app import celery_config, create_celery
 
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     register_api(app)
-    app.register_blueprint(stream_bp)
+    app.register_blueprint(live_bp)
     app.register_blueprint(dashboard_bp)
     sock.init_app(app)
     return app

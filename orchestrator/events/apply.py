@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.effects import AfterCommit
 from orchestrator.events.protocol import Envelope, rejected_outcome
-from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
-from orchestrator.progress import (
+from orchestrator.execution_graph import (
     ExecutionGraph,
     block_task,
     complete_subtask,
@@ -29,6 +28,7 @@ from orchestrator.progress import (
     retries_left,
     retry_subtask,
 )
+from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
 from orchestrator.publish import event_message, execution_update, iso
 from orchestrator.retry import RetryPolicy
 from orchestrator.state_machine import (

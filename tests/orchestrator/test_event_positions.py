@@ -20,7 +20,7 @@ from orchestrator.models import ExecutionEvent, utcnow
 from orchestrator.models.events import EventPosition
 from orchestrator.publish import channel, event_message, for_client, publish, resolved
 from tests.factories import make_execution, make_user
-from web.stream import UnknownSince, missed_events, since_position
+from web.live import UnknownSince, missed_events, since_position
 
 ADMIN = Principal("user", "user_root", is_admin=True)
 

@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 
 from orchestrator.credentials import Principal
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.execution_graph import DEFAULT_NEXT_STEP_OPTIONS
 from orchestrator.execution_views import execution_detail, list_events, list_executions
 from orchestrator.executions import control_execution, create_execution, resolve_blocked_task
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, utcnow
-from orchestrator.progress import DEFAULT_NEXT_STEP_OPTIONS
 from orchestrator.state_machine import VALID_TRANSITIONS, InvalidStateTransition, can_transition
 from tests.factories import block_subtask, make_agent, make_execution, make_plan, make_user
 

@@ -11,9 +11,9 @@ from sqlalchemy import func, select, update
 from orchestrator import scheduling
 from orchestrator.db import Database
 from orchestrator.errors import Forbidden, NotFound
+from orchestrator.execution_graph import complete_subtask, load_graphs
 from orchestrator.executions import create_execution
 from orchestrator.models import Agent, Execution, ExecutionSubtask, PlanSubtask, utcnow
-from orchestrator.progress import complete_subtask, load_graphs
 from orchestrator.scheduling import claim_work
 from tests.factories import make_agent, make_plan, make_user
 from tests.workers.helpers import assert_each_claimed_once, queued_execution

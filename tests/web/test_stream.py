@@ -9,7 +9,7 @@ import pytest
 import requests
 import simple_websocket
 
-import web.stream as stream_module
+import web.live as stream_module
 from orchestrator.event_log import record_event
 from orchestrator.ids import event_id
 from orchestrator.models import utcnow

@@ -8,10 +8,10 @@ import redis as redis_lib
 
 from orchestrator.credentials import issue_credential
 from orchestrator.db import Database
+from orchestrator.execution_graph import load_graphs, start_subtask
 from orchestrator.executions import create_execution
 from orchestrator.holds import record_hold
 from orchestrator.models import utcnow
-from orchestrator.progress import load_graphs, start_subtask
 from orchestrator.settings import Settings
 from tests.factories import make_agent, make_plan, make_user
 

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from orchestrator.agents import agents_with_holdings
 from orchestrator.credentials import check_password
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
+from orchestrator.event_log import SYSTEM_EVENT_TYPES
 from orchestrator.execution_views import execution_detail, list_executions
 from orchestrator.models import User
 from orchestrator.state_machine import AGENT_EVENT_TYPES, VALID_TRANSITIONS
@@ -32,8 +33,7 @@ bp = Blueprint("dashboard", __name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Events the orchestrator records itself, next to the agents' own types, for the log's type filter.
-SYSTEM_EVENT_TYPES = ("execution_created", "status_change", "task_resolved")
+# The log's type filter: the agents' own event types and those the orchestrator writes.
 EVENT_TYPES = sorted({*AGENT_EVENT_TYPES, *SYSTEM_EVENT_TYPES})
 PAGE_SIZE = 50
 

@@ -33,13 +33,13 @@ from sqlalchemy.orm import Session
 from orchestrator.credentials import Principal
 from orchestrator.errors import Unauthorized
 from orchestrator.execution_views import summary
+from orchestrator.live_tokens import issue_stream_token, verify_stream_token
 from orchestrator.models import Execution, ExecutionEvent, utcnow
 from orchestrator.publish import channel, event_message, for_client, iso
-from orchestrator.stream_tokens import issue_stream_token, verify_stream_token
 from web.auth import current_principal, require_user
 
 log = logging.getLogger(__name__)
-bp = Blueprint("stream", __name__)
+bp = Blueprint("live", __name__)
 sock = Sock()
 
 POLICY_VIOLATION = 1008

@@ -49,9 +49,6 @@ class ExecutionGraph:
     def all_done(self) -> bool:
         return all(t.status in DONE_TASK for t in self.tasks.values())
 
-    def remaining(self) -> list[ExecutionSubtask]:
-        return [s for s in self.subtasks.values() if s.status not in DONE_SUBTASK]
-
     def next_ready(self, now: datetime) -> ExecutionSubtask | None:
         """The subtask the poll would hand out next (highest priority, then plan order)."""
         ready = [
