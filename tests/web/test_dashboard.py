@@ -134,3 +134,12 @@ def test_user_data_is_escaped(client, scene, db) -> None:
     login(client, "mark", "pw")
     page = client.get("/agents").get_data(as_text=True)
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+
+
+def test_the_log_filter_offers_every_event_type_the_system_writes(client, scene) -> None:
+    from orchestrator.event_log import SYSTEM_EVENT_TYPES
+
+    login(client, "mark", "pw")
+    page = client.get(f"/executions/{scene.execution_id}").get_data(as_text=True)
+    for kind in SYSTEM_EVENT_TYPES:
+        assert f'<option value="{kind}">' in page
