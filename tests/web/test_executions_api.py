@@ -11,27 +11,23 @@ from sqlalchemy import func, select
 from orchestrator.credentials import issue_credential
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, User
 from orchestrator.publish import channel
-from tests.factories import block_subtask, make_agent, make_execution, make_plan, make_user_with_token
+from tests.factories import block_subtask, make_agent, make_execution, make_plan
 from tests.web.helpers import assert_error
 
 EXEC = "exec_1"
 
 
 @pytest.fixture
-def auth(db):
+def auth(db, people):
     with db.unit_of_work() as s:
-        mark, token = make_user_with_token(s, "mark")
-        eve, eve_token = make_user_with_token(s, "eve")
-        root, admin = make_user_with_token(s, "root")
-        root.is_admin = True
+        mark, eve = s.get(User, people.mark_id), s.get(User, people.eve_id)
         make_plan(s, mark, "plan_mark", n_tasks=2)
         make_plan(s, eve, "plan_eve")
         make_plan(s, mark, "plan_later", n_subtasks=0)
         make_agent(s, "agent_mark", owner_id=mark.id)
         make_agent(s, "agent_eve", owner_id=eve.id)
         _, agent_key = issue_credential(s, agent_id="agent_mark")
-    return {name: {"Authorization": f"Bearer {tok}"}
-            for name, tok in (("mark", token), ("eve", eve_token), ("admin", admin), ("agent", agent_key))}
+    return people.headers(agent=agent_key)
 
 
 def written(db) -> tuple[int, int, int]:

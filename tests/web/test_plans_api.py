@@ -7,20 +7,15 @@ from sqlalchemy import func, select
 
 from orchestrator.credentials import issue_credential
 from orchestrator.models import Plan, PlanSubtask, PlanTask
-from tests.factories import make_agent, make_user_with_token
+from tests.factories import make_agent
 from tests.web.helpers import assert_error
 
 
 @pytest.fixture
-def auth(db):
+def auth(db, people):
     with db.unit_of_work() as s:
-        _, token = make_user_with_token(s, "mark")
-        _, eve = make_user_with_token(s, "eve")
-        root, admin = make_user_with_token(s, "root")
-        root.is_admin = True
         _, agent_key = issue_credential(s, agent_id=make_agent(s, "agent_x").id)
-    return {name: {"Authorization": f"Bearer {tok}"}
-            for name, tok in (("mark", token), ("eve", eve), ("admin", admin), ("agent", agent_key))}
+    return people.headers(agent=agent_key)
 
 
 def counts(db) -> tuple[int, int, int]:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis as redis_lib
+from sqlalchemy import text
 
 from orchestrator.credentials import issue_credential
-from orchestrator.db import Database
+from orchestrator.db import Database, make_engine
+from orchestrator.events.protocol import GROUP, shard_of
 from orchestrator.execution_graph import load_graphs, start_subtask
 from orchestrator.executions import create_execution
 from orchestrator.holds import record_hold
@@ -53,10 +60,6 @@ def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, su
 
 def execution_ids_on_shard(shard: int, shards: int, n: int, stem: str = "exec") -> list[str]:
     """`n` fresh execution ids whose events all go to `shard`."""
-    import secrets
-
-    from orchestrator.events.protocol import shard_of
-
     found: list[str] = []
     while len(found) < n:
         candidate = f"{stem}_{secrets.token_hex(5)}"
@@ -67,8 +70,40 @@ def execution_ids_on_shard(shard: int, shards: int, n: int, stem: str = "exec") 
 
 def assert_each_claimed_once(claims: list, errors: list, n: int) -> None:
     """Concurrent claimers raised nothing, and handed out `n` subtasks, each exactly once."""
-    from collections import Counter
-
     assert not errors, errors[:3]
     counts = Counter(claims)
     assert len(counts) == n and set(counts.values()) == {1}
+
+
+@contextmanager
+def own_key_prefix(settings: Settings, stem: str) -> Iterator[tuple[Settings, redis_lib.Redis]]:
+    """`settings` with a Redis key prefix (and so a Celery queue) of their own, and a client: the
+    session's worker never drains these shards. Every key under the prefix is deleted afterwards."""
+    settings = settings.replace(redis_key_prefix=f"{stem}:{secrets.token_hex(3)}:")
+    r = redis_lib.Redis.from_url(settings.redis_url or "")
+    try:
+        yield settings, r
+    finally:
+        for key in r.scan_iter(f"{settings.redis_key_prefix}*"):
+            r.delete(key)
+        r.close()
+
+
+def hold_database_write_lock(settings: Settings, execution_id: str) -> tuple[Any, Any]:
+    """Make every writer wait: a row lock on the execution (PostgreSQL) or SQLite's write lock.
+    Returns (engine, connection): roll the connection back and dispose of the engine to let go."""
+    engine = make_engine(settings.database_url)
+    conn = engine.connect()
+    if engine.dialect.name == "sqlite":
+        conn.exec_driver_sql("SELECT 1")  # the engine begins every transaction IMMEDIATE: the write lock
+    else:
+        conn.execute(text("SELECT id FROM executions WHERE id = :id FOR UPDATE"), {"id": execution_id})
+    return engine, conn
+
+
+def pending_count(r: redis_lib.Redis, stream: str) -> int:
+    """Entries read from `stream` but not yet acknowledged."""
+    try:
+        return r.xpending(stream, GROUP)["pending"]
+    except redis_lib.ResponseError:  # no group until a worker first reads
+        return 0

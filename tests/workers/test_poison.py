@@ -21,7 +21,7 @@ from orchestrator.events.drain import ShardDrainer
 from orchestrator.events.protocol import GROUP, Keys, read_outcome, shard_of
 from orchestrator.ids import event_id
 from orchestrator.models import ExecutionEvent, ExecutionSubtask
-from tests.workers.helpers import claim, execution_ids_on_shard, queued_execution
+from tests.workers.helpers import claim, execution_ids_on_shard, own_key_prefix, queued_execution
 
 SHARD = 3
 
@@ -199,10 +199,8 @@ def test_any_event_body_answers_4xx_or_2xx_and_its_shard_drains(bodies, app, db,
 def isolated(migrated, redis):
     """Settings with a key prefix (and so a Celery queue) of their own: the session's worker, if one
     runs, never drains what a requeue puts back, so the test sees exactly what the requeue did."""
-    settings = migrated.replace(redis_key_prefix=f"orchdl:{secrets.token_hex(3)}:")
-    yield settings
-    for key in redis.scan_iter(f"{settings.redis_key_prefix}*"):
-        redis.delete(key)
+    with own_key_prefix(migrated, "orchdl") as (settings, _):
+        yield settings
 
 
 def test_dead_letters_cli_and_admin_api(db, redis, isolated, tenants) -> None:

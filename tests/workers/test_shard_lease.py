@@ -14,9 +14,9 @@ from collections import Counter
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import select, text
+from sqlalchemy import select
 
-from orchestrator.db import Database, make_engine
+from orchestrator.db import Database
 from orchestrator.events import drain as drain_module
 from orchestrator.events.accept import Ingestor
 from orchestrator.events.dead_letters import DeadLetters
@@ -25,7 +25,7 @@ from orchestrator.events.protocol import GROUP, Keys, shard_of
 from orchestrator.models import ExecutionEvent, ShardFence, utcnow
 from orchestrator.settings import Settings
 from tests.conftest import WorkerProcess, settings_env
-from tests.workers.helpers import Scene, queued_execution
+from tests.workers.helpers import Scene, hold_database_write_lock, own_key_prefix, pending_count, queued_execution
 from workers.celery_app import create_celery
 
 RECOVERY_BOUND_SECONDS = 15
@@ -37,12 +37,8 @@ def isolated(migrated):
     drains these shards)."""
     env = settings_env(migrated)
     env.pop("INGEST_LEASE_SECONDS")  # the suite shortens it; these tests measure the default
-    settings = Settings.from_env(env).replace(redis_key_prefix=f"orchlease:{secrets.token_hex(3)}:")
-    r = redis_lib.Redis.from_url(settings.redis_url)
-    yield settings, r
-    for key in r.scan_iter(f"{settings.redis_key_prefix}*"):
-        r.delete(key)
-    r.close()
+    with own_key_prefix(Settings.from_env(env), "orchlease") as pair:
+        yield pair
 
 
 def _queue(settings: Settings, r: redis_lib.Redis, scene: Scene, n: int, trigger=None) -> tuple[int, list[str]]:
@@ -52,6 +48,14 @@ def _queue(settings: Settings, r: redis_lib.Redis, scene: Scene, n: int, trigger
              for i in range(n)]
     accepted = ingestor.accept_many(items, utcnow())
     return shard_of(scene.execution_id, settings.ingest_shards), [a.event_id for a in accepted]
+
+
+def _scene(db: Database, isolated: tuple[Settings, redis_lib.Redis], n: int) -> tuple:
+    """(settings, redis, a queued execution, its shard, the ids of `n` heartbeats queued there)."""
+    settings, r = isolated
+    scene = queued_execution(db)
+    shard, ids = _queue(settings, r, scene, n)
+    return settings, r, scene, shard, ids
 
 
 def _stored(db: Database, execution_id: str) -> list[str]:
@@ -90,9 +94,7 @@ def _assert_each_stored_once(db: Database, execution_id: str, event_ids: list[st
 
 def test_a_dead_holders_shard_resumes_within_seconds(db, isolated) -> None:
     """The holder read a batch and died without a word: no release, no acknowledgement."""
-    settings, r = isolated
-    scene = queued_execution(db)
-    shard, ids = _queue(settings, r, scene, 50)
+    settings, r, scene, shard, ids = _scene(db, isolated, 50)
     drainer = _drainer(db, settings, r)
     stream = drainer.keys.stream(shard)
     ensure_group(r, stream)
@@ -108,22 +110,8 @@ def test_a_dead_holders_shard_resumes_within_seconds(db, isolated) -> None:
     assert r.xlen(stream) == 0 and r.xpending(stream, GROUP)["pending"] == 0
 
 
-def _hold_database_write_lock(settings: Settings, execution_id: str):
-    """Make every writer wait: a row lock on the execution (PostgreSQL) or SQLite's write lock."""
-    engine = make_engine(settings.database_url)
-    conn = engine.connect()
-    if engine.dialect.name == "sqlite":
-        conn.exec_driver_sql("SELECT 1")  # the engine begins every transaction IMMEDIATE: the write lock
-    else:
-        conn.execute(text("SELECT id FROM executions WHERE id = :id FOR UPDATE"), {"id": execution_id})
-    return engine, conn
 
 
-def _pending(r: redis_lib.Redis, stream: str) -> int:
-    try:
-        return r.xpending(stream, GROUP)["pending"]
-    except redis_lib.ResponseError:  # no group until a worker first reads
-        return 0
 
 
 @pytest.mark.integration
@@ -134,14 +122,14 @@ def test_a_killed_workers_shard_resumes_within_seconds(db, isolated, session_dir
     celery_app = create_celery(settings)
     stream = Keys(settings.redis_key_prefix).stream(shard_of(scene.execution_id, settings.ingest_shards))
     doomed = WorkerProcess(settings, session_dir / f"doomed-{secrets.token_hex(2)}.log", concurrency=1).start()
-    engine, lock = _hold_database_write_lock(settings, scene.execution_id)
+    engine, lock = hold_database_write_lock(settings, scene.execution_id)
     try:
         shard, ids = _queue(settings, r, scene, 200,
                             trigger=lambda s: celery_app.send_task("workers.tasks.drain", args=[s]))
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _pending(r, stream) == 0:
+        while time.monotonic() < deadline and pending_count(r, stream) == 0:
             time.sleep(0.05)
-        assert _pending(r, stream) > 0  # read, and stuck applying it
+        assert pending_count(r, stream) > 0  # read, and stuck applying it
         # Longer than the lease: the worker kept it by renewing while its transaction waited.
         time.sleep(settings.ingest_lease_seconds + 1)
         assert r.exists(Keys(settings.redis_key_prefix).lease(shard))
@@ -158,13 +146,11 @@ def test_a_killed_workers_shard_resumes_within_seconds(db, isolated, session_dir
     print(f"\nshard resumed {recovery:.2f} s after SIGKILL of its worker (lease {settings.ingest_lease_seconds} s)")
     assert recovery < RECOVERY_BOUND_SECONDS
     _assert_each_stored_once(db, scene.execution_id, ids)
-    assert r.xlen(stream) == 0 and _pending(r, stream) == 0
+    assert r.xlen(stream) == 0 and pending_count(r, stream) == 0
 
 
 def test_a_long_batch_keeps_its_lease(db, isolated, monkeypatch) -> None:
-    settings, r = isolated
-    scene = queued_execution(db)
-    shard, ids = _queue(settings, r, scene, 10)
+    settings, r, scene, shard, ids = _scene(db, isolated, 10)
     holder = _drainer(db, settings, r, lease_seconds=1)
     rival = _drainer(db, settings, r, lease_seconds=1)
     lease_key = holder.keys.lease(shard)
@@ -194,9 +180,7 @@ def test_a_late_holder_cannot_commit_over_a_new_one(db, isolated, monkeypatch) -
     out; holder B takes the shard, commits two of them and acknowledges them. Then A goes on: its
     batch (two duplicates, four new events) is refused whole, and nothing of it is acknowledged or
     set aside. The rest is applied afterwards, each event once."""
-    settings, r = isolated
-    scene = queued_execution(db)
-    shard, ids = _queue(settings, r, scene, 6)
+    settings, r, scene, shard, ids = _scene(db, isolated, 6)
     a = _drainer(db, settings, r, batch_size=100)
     b = _drainer(db, settings, r, batch_size=2)
     stream = a.keys.stream(shard)
@@ -242,9 +226,7 @@ def test_token_counter_behind_the_database_catches_up(db, isolated) -> None:
     """Redis came back without its counters (a new Redis, or an AOF a second behind): the first batch
     is refused, the refusal lifts the counter past the database's token, and the same drain goes on
     under a fresh token, since no newer holder exists."""
-    settings, r = isolated
-    scene = queued_execution(db)
-    shard, ids = _queue(settings, r, scene, 5)
+    settings, r, scene, shard, ids = _scene(db, isolated, 5)
     with db.unit_of_work() as s:
         s.add(ShardFence(shard=shard, token=1000))
     drainer = _drainer(db, settings, r)

@@ -7,15 +7,13 @@ import secrets
 import time
 
 import pytest
-import redis as redis_lib
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from orchestrator.db import make_engine
 from orchestrator.events.accept import Ingestor
-from orchestrator.events.protocol import GROUP, Keys, shard_of
+from orchestrator.events.protocol import Keys, shard_of
 from orchestrator.models import ExecutionEvent, ExecutionSubtask, utcnow
 from tests.conftest import WorkerProcess
-from tests.workers.helpers import claim, queued_execution
+from tests.workers.helpers import claim, hold_database_write_lock, own_key_prefix, pending_count, queued_execution
 from workers.celery_app import create_celery
 
 pytestmark = pytest.mark.integration
@@ -24,12 +22,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def isolated(migrated, session_dir):
     """Settings with a key prefix of their own, so the session's worker never sees these events."""
-    settings = migrated.replace(redis_key_prefix=f"orchfault:{secrets.token_hex(3)}:", ingest_batch_size=1000)
-    r = redis_lib.Redis.from_url(settings.redis_url)
-    yield settings, r
-    for key in r.scan_iter(f"{settings.redis_key_prefix}*"):
-        r.delete(key)
-    r.close()
+    with own_key_prefix(migrated.replace(ingest_batch_size=1000), "orchfault") as pair:
+        yield pair
 
 
 def _agent_events(db, execution_id: str) -> int:
@@ -38,22 +32,8 @@ def _agent_events(db, execution_id: str) -> int:
             ExecutionEvent.execution_id == execution_id, ExecutionEvent.source == "agent"))
 
 
-def _pending(r: redis_lib.Redis, stream: str) -> int:
-    try:
-        return r.xpending(stream, GROUP)["pending"]
-    except redis_lib.ResponseError:  # the group does not exist until a worker first reads
-        return 0
 
 
-def _hold_database_write_lock(settings, execution_id: str):
-    """Make every writer wait: a row lock on the execution (PostgreSQL) or SQLite's write lock."""
-    engine = make_engine(settings.database_url)
-    conn = engine.connect()
-    if engine.dialect.name == "sqlite":
-        conn.exec_driver_sql("SELECT 1")  # the engine begins every transaction IMMEDIATE: the write lock
-    else:
-        conn.execute(text("SELECT id FROM executions WHERE id = :id FOR UPDATE"), {"id": execution_id})
-    return engine, conn
 
 
 def test_worker_killed_mid_batch_loses_nothing(db, isolated, session_dir, worker) -> None:
@@ -66,7 +46,7 @@ def test_worker_killed_mid_batch_loses_nothing(db, isolated, session_dir, worker
     stream = Keys(settings.redis_key_prefix).stream(shard_of(scene.execution_id, settings.ingest_shards))
 
     doomed = WorkerProcess(settings, session_dir / f"doomed-{secrets.token_hex(2)}.log", concurrency=1).start()
-    engine, lock = _hold_database_write_lock(settings, scene.execution_id)
+    engine, lock = hold_database_write_lock(settings, scene.execution_id)
     try:
         items = [(scene.execution_id, scene.agent_id, {"event_type": "heartbeat", "message": f"beat {i}"})
                  for i in range(300)]
@@ -75,9 +55,9 @@ def test_worker_killed_mid_batch_loses_nothing(db, isolated, session_dir, worker
         assert len({a.event_id for a in accepted}) == 301
         # Wait until the doomed worker has read the batch (it is pending) and is stuck applying it.
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _pending(r, stream) == 0:
+        while time.monotonic() < deadline and pending_count(r, stream) == 0:
             time.sleep(0.05)
-        assert _pending(r, stream) > 0
+        assert pending_count(r, stream) > 0
         time.sleep(0.3)
         doomed.kill()
     finally:
@@ -94,7 +74,7 @@ def test_worker_killed_mid_batch_loses_nothing(db, isolated, session_dir, worker
             celery_app.send_task("workers.tasks.rescue_stalled_work")
             time.sleep(1)
         assert _agent_events(db, scene.execution_id) == 301
-        assert r.xlen(stream) == 0 and _pending(r, stream) == 0
+        assert r.xlen(stream) == 0 and pending_count(r, stream) == 0
         # Delivered again after the kill, applied once: the subtask completed once, each event stored once.
         celery_app.send_task("workers.tasks.rescue_stalled_work")
         time.sleep(1.5)
