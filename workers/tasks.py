@@ -28,9 +28,12 @@ def _drainer(task: Task) -> ShardDrainer:
 @shared_task(name="workers.tasks.drain", bind=True, ignore_result=True)
 def drain(self: Task, shard: int) -> dict[str, Any]:
     """Apply what waits in one shard's stream (triggered by the front end after it accepts events)."""
-    stats = _drainer(self).drain(int(shard))
+    drainer = _drainer(self)
+    stats = drainer.drain(int(shard))
     if stats.more:
         drain.delay(shard)  # to the back of the queue: other shards' drains go first
+    elif not stats.lease_taken and (delay := drainer.retry_after(int(shard))) is not None:
+        drain.apply_async((shard,), countdown=delay)  # in case the holder is dead: after its lease
     if stats.batches:
         log.info("shard %s: %d applied, %d duplicates, %d dead-lettered, batches %s", shard, stats.applied,
                  stats.duplicates, stats.dead_lettered, stats.batch_sizes)

@@ -29,6 +29,7 @@ import orjson
 import redis
 from redis.exceptions import ResponseError
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from orchestrator.db import Database, is_transient
@@ -69,10 +70,14 @@ def ensure_group(r: redis.Redis, stream: str) -> None:
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """The database or Redis cannot be reached (or the database keeps choosing us as a deadlock
-    victim): no entry is to blame, so nothing may be set aside; the batch waits for the next drain."""
-    if isinstance(exc, redis.RedisError | OperationalError | InterfaceError):
+    """The database or Redis cannot be reached, the pool has no connection free, or the database keeps
+    choosing us as a deadlock victim: no entry is to blame, so nothing may be set aside; the batch
+    waits for the next drain. An OperationalError counts as such, except PostgreSQL's "program limit
+    exceeded" (class 54: an index row or a statement too large), which an entry can cause."""
+    if isinstance(exc, redis.RedisError | PoolTimeout):
         return True
+    if isinstance(exc, OperationalError | InterfaceError):
+        return not str(getattr(exc.orig, "sqlstate", None) or "").startswith("54")
     return isinstance(exc, DBAPIError) and (exc.connection_invalidated or is_transient(exc))
 
 
@@ -95,6 +100,17 @@ class ShardDrainer:
         self.max_deliveries = max_deliveries
         self.dead_letters = DeadLetters(r, prefix)
         self.leases = ShardLeases(r, self.keys, lease_seconds)
+
+    def retry_after(self, shard: int) -> float | None:
+        """When a drain found the lease taken: the seconds after which one more drain should run, if
+        entries wait and none is scheduled yet; else None. A holder that died leaves its lease to
+        expire, and nothing else would trigger a drain of an idle shard until beat's next round."""
+        if self.redis.xlen(self.keys.stream(shard)) == 0:
+            return None
+        ttl_ms = max(int(self.redis.pttl(self.keys.lease(shard))), 0) + 200
+        if not self.redis.set(self.keys.retry_flag(shard), b"1", nx=True, px=ttl_ms):
+            return None  # one is scheduled already
+        return ttl_ms / 1000
 
     def drain(self, shard: int, budget_seconds: float = 0.25, max_rounds: int = 20) -> DrainStats:
         """Drain `shard` until its stream is empty, or return at once if another worker holds it.

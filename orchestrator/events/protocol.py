@@ -51,6 +51,10 @@ class Keys:
     def lease(self, shard: int) -> str:
         return f"{self.prefix}lease:{shard}"
 
+    def retry_flag(self, shard: int) -> str:
+        # Set while a drain is scheduled for when the shard's current lease runs out.
+        return f"{self.prefix}drain-retry:{shard}"
+
     def lease_tokens(self, shard: int) -> str:
         # The shard's fencing-token counter: only ever incremented (or raised), never reset or expired.
         return f"{self.prefix}lease-tokens:{shard}"

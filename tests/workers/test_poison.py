@@ -12,9 +12,12 @@ import secrets
 import time
 
 import pytest
+import redis as redis_lib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.events.drain import ShardDrainer
@@ -251,3 +254,27 @@ def test_dead_letters_cli_and_admin_api(db, redis, isolated, tenants) -> None:
     with db.reading() as s:
         assert s.scalar(select(func.count()).select_from(ExecutionEvent).where(ExecutionEvent.id.in_(ids))) == 0
     app.extensions["db"].dispose()
+
+
+class _DriverError(Exception):
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize("exc, unavailable", [
+    (OperationalError("SELECT 1", {}, _DriverError("server closed the connection", "08006")), True),
+    (OperationalError("SELECT 1", {}, _DriverError("no such table: executions")), True),
+    (PoolTimeout("QueuePool limit reached"), True),
+    (redis_lib.ConnectionError("refused"), True),
+    (OperationalError("INSERT", {}, _DriverError("index row size exceeds btree maximum", "54000")), False),
+    (DataError("INSERT", {}, _DriverError("invalid byte sequence: 0x00", "22021")), False),
+    (OverflowError("date value out of range"), False),
+    (KeyError("event_type"), False),
+])
+def test_only_failures_that_blame_no_entry_hold_a_batch_back(exc, unavailable) -> None:
+    """Unreachable services hold the batch back (nothing is set aside); anything an entry can cause
+    is isolated and may end in the dead-letter stream."""
+    from orchestrator.events.drain import is_unavailable
+
+    assert is_unavailable(exc) is unavailable

@@ -237,3 +237,17 @@ def test_token_counter_behind_the_database_catches_up(db, isolated) -> None:
     _assert_each_stored_once(db, scene.execution_id, ids)
     assert _fence(db, shard) == 1001
     assert r.xlen(drainer.keys.stream(shard)) == 0
+
+
+def test_a_drain_that_finds_the_lease_taken_schedules_one_more_after_it(db, isolated) -> None:
+    settings, r, scene, shard, ids = _scene(db, isolated, 3)
+    dead = _drainer(db, settings, r).leases.acquire(shard)  # a holder that will never drain
+    assert dead is not None
+    drainer = _drainer(db, settings, r)
+    assert not drainer.drain(shard).lease_taken
+    delay = drainer.retry_after(shard)
+    assert delay is not None and 0 < delay <= settings.ingest_lease_seconds + 1
+    assert drainer.retry_after(shard) is None  # one is scheduled: no second one
+    time.sleep(delay)
+    assert drainer.drain(shard).applied == 3
+    assert drainer.retry_after(shard) is None  # nothing waits
