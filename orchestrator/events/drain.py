@@ -286,7 +286,7 @@ class ShardDrainer:
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:
-    """Shards whose streams hold entries (new or unacknowledged): what the periodic sweep drains."""
+    """Shards whose streams hold entries (new or unacknowledged): what beat's `rescue_stalled_work` drains."""
     keys = Keys(prefix)
     pipe = r.pipeline(transaction=False)
     for shard in range(shards):
