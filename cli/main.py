@@ -18,6 +18,11 @@ from orchestrator.db import Database
 from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
 from orchestrator.settings import Settings
 
+# A child that exits is restarted, unless it did so this many times within the window: then it is
+# not a passing fault (Redis away for a moment) but a broken setup, and the stack stops.
+RESTART_LIMIT = 5
+RESTART_WINDOW_SECONDS = 60.0
+
 
 def _settings() -> Settings:
     return Settings.from_env()
@@ -129,20 +134,47 @@ def up(host: str, port: int, web_workers: int, threads: int, concurrency: int) -
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     code = 0
+    restarts = _Restarts()
     try:
         while not stopping:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    click.echo(f"{name} exited with {proc.returncode}; stopping the stack", err=True)
-                    code = proc.returncode or 1
-                    stopping = True
-                    break
+            code = _supervise(children, commands, env, restarts)
+            stopping = stopping or code != 0
             time.sleep(0.5)
     finally:
         _terminate(children.values())
         if started_redis:
             stop_embedded_redis(settings.data_dir)
     sys.exit(code)
+
+
+class _Restarts:
+    """Recent restarts per process: a crash is restarted, a crash loop stops the stack."""
+
+    def __init__(self, limit: int = RESTART_LIMIT, window: float = RESTART_WINDOW_SECONDS) -> None:
+        self.limit, self.window = limit, window
+        self._times: dict[str, list[float]] = {}
+
+    def allow(self, name: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._times.get(name, []) if now - t < self.window] + [now]
+        self._times[name] = recent
+        return len(recent) <= self.limit
+
+
+def _supervise(children: dict[str, subprocess.Popen], commands: dict[str, list[str]], env: dict[str, str],
+               restarts: _Restarts) -> int:
+    """Restart any child that exited (a worker dies when Redis goes away, a bug in kombu's reconnection);
+    return a non-zero exit code when one keeps crashing, so that the stack stops and says why."""
+    for name, proc in children.items():
+        if proc.poll() is None:
+            continue
+        if not restarts.allow(name):
+            click.echo(f"{name} exited with {proc.returncode} {restarts.limit} times within "
+                       f"{restarts.window:.0f} s; stopping the stack", err=True)
+            return proc.returncode or 1
+        click.echo(f"{name} exited with {proc.returncode}; restarting it", err=True)
+        children[name] = subprocess.Popen(commands[name], env=env)
+    return 0
 
 
 def _terminate(procs: object) -> None:
@@ -186,7 +218,11 @@ def worker(concurrency: int, queues: str) -> None:
 
 @main.command()
 def beat() -> None:
-    """Run the Celery beat scheduler (timeouts, silent agents, stale streams). Run exactly one."""
+    """Run the Celery beat scheduler (timeouts, silent agents, stale streams). Run exactly one.
+
+    It keeps its schedule in memory, so it needs no writable folder; /healthz says "beat": "late"
+    when its sweeps stop.
+    """
     settings = _settings()
     _exec(_celery_argv("beat", "--loglevel", settings.log_level), settings)
 
