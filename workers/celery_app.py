@@ -33,7 +33,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "rescue-stalled-work": {"task": "workers.tasks.rescue_stalled_work",
                                     "schedule": float(settings.sweep_interval_seconds)},
         },
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        # Beat keeps its schedule in memory: a fixed interval gains nothing from a file (a restarted
+        # beat just sweeps one interval later; the sweep is idempotent), and a file ties beat to a
+        # writable local folder, which production's environment does not provide.
+        "beat_scheduler": "celery.beat:Scheduler",
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -10,6 +10,7 @@ from celery import Task, shared_task
 
 from orchestrator import sweeper
 from orchestrator.events.drain import ShardDrainer, backlog_shards
+from orchestrator.liveness import record_beat
 from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook
 from workers.runtime import runtime_for
@@ -45,6 +46,7 @@ def rescue_stalled_work(self: Task) -> None:
     """Beat's safety net: drain shards a lost trigger left behind, release overdue work."""
     rt = runtime_for(self.app)
     s = rt.settings
+    record_beat(rt.redis, s.redis_key_prefix)  # /healthz's proof that beat (and a worker) still run
     for shard in backlog_shards(rt.redis, s.redis_key_prefix, s.ingest_shards):
         drain.delay(shard)
     release_overdue_work.delay()
