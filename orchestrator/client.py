@@ -4,7 +4,15 @@
     client.run(lambda work: {"email_sent_to": work.task["params"]["to"]}, stop=threading.Event())
 
 Reports carry an idempotency key that stays the same across the client's own retries, so a report
-whose answer was lost on the way back is applied once however often it is sent.
+whose answer was lost on the way back is applied once however often it is sent. `run` keeps the last
+report about a subtask that did not get through (the server down longer than the retries last) and
+sends it again, same key, before it polls for anything new.
+
+A poll whose answer was lost is not lost work: until the agent's first report about a claim
+(`task_started`) is applied, every poll answers that same subtask again (`Work.redelivered`), and
+`run` reports `task_started` and waits for it to be applied before the handler runs, so a
+sequential loop never meets its own work twice. Several `run` loops sharing one client skip work
+another of them already has in hand; separate processes should not share an agent id.
 """
 
 from __future__ import annotations
@@ -65,6 +73,16 @@ class Work:
         return self.task.get("task_id") if self.task else None
 
     @property
+    def redelivered(self) -> bool:
+        """The server answers a claim again: this agent holds it, but no report of it has been applied yet."""
+        return bool(self.raw.get("redelivered"))
+
+    @property
+    def key(self) -> tuple[str, str | None, int | None]:
+        """Which attempt of which subtask: a redelivery has the same key as the first answer."""
+        return self.execution_id, self.task_id, self.task.get("attempt") if self.task else None
+
+    @property
     def held(self) -> list[dict[str, Any]]:
         """With force_pause / force_cancel: the held subtasks to stop ({"execution_id", "task_id", "signal"})."""
         return list(self.raw.get("held") or [])
@@ -82,6 +100,9 @@ class AgentClient:
         self.api_key = api_key
         self.session = session or requests.Session()
         self.timeout = timeout
+        self._in_hand: set[tuple[str, str | None, int | None]] = set()  # `Work.key`s a run loop is working on
+        self._unsent: list[tuple[str, dict[str, Any]]] = []  # (execution, body) of reports to send again
+        self._in_hand_lock = threading.Lock()  # guards both
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -132,8 +153,12 @@ class AgentClient:
     # -- reporting --------------------------------------------------------------------------------
 
     def report(self, execution_id: str, event_type: str, task_id: str | None = None, *, wait: bool = True,
-               **fields: Any) -> dict[str, Any]:
-        """Post one event; return the server's outcome (or the 202 receipt when not waiting)."""
+               keep_unsent: bool = False, **fields: Any) -> dict[str, Any]:
+        """Post one event; return the server's outcome (or the 202 receipt when not waiting).
+
+        With `keep_unsent`, a report that does not get through (no answer, 5xx after the retries, not
+        applied in time) is raised and also kept, to be sent again, same body and key, by `send_unsent`.
+        """
         body = {
             "agent_id": self.agent_id,
             "agent_timestamp": _now_iso(),
@@ -143,6 +168,15 @@ class AgentClient:
             **fields,
         }
         body = {k: v for k, v in body.items() if v is not None}
+        try:
+            return self._send(execution_id, body, wait)
+        except (requests.RequestException, AgentClientError, TimeoutError) as exc:
+            if keep_unsent and _unsent(exc):
+                with self._in_hand_lock:
+                    self._unsent.append((execution_id, body))
+            raise
+
+    def _send(self, execution_id: str, body: dict[str, Any], wait: bool = True) -> dict[str, Any]:
         resp = self._request("POST", f"/api/executions/{execution_id}/events", json=body)
         out = _json(resp)
         if resp.status_code == 202 and wait and out.get("status_url"):
@@ -164,19 +198,40 @@ class AgentClient:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    def send_unsent(self) -> bool:
+        """Send the kept reports again, oldest first; say whether none is left. A refusal (4xx) drops one:
+        sending it again would not change the answer."""
+        while True:
+            with self._in_hand_lock:
+                if not self._unsent:
+                    return True
+                execution_id, body = self._unsent[0]
+            try:
+                self._send(execution_id, body)
+            except AgentClientError as exc:
+                if _unsent(exc):
+                    return False
+                log.warning("kept report on %s refused: %s", body.get("task_id"), exc)
+            except (requests.RequestException, TimeoutError):
+                return False
+            with self._in_hand_lock:
+                if self._unsent and self._unsent[0][1] is body:
+                    self._unsent.pop(0)
+
     def started(self, work: Work) -> dict[str, Any]:
         return self.report(work.execution_id, "task_started", work.task_id, status="running")
 
     def complete(self, work: Work, output_data: dict[str, Any] | None = None,
-                 message: str | None = None) -> dict[str, Any]:
+                 message: str | None = None, *, keep_unsent: bool = False) -> dict[str, Any]:
         return self.report(work.execution_id, "task_complete", work.task_id, status="success",
-                           output_data=output_data, message=message)
+                           output_data=output_data, message=message, keep_unsent=keep_unsent)
 
     def error(self, work: Work, error_type: str, error_message: str, *, human_review_required: bool = False,
-              suggestions: list[Any] | None = None, blocking: bool = False) -> dict[str, Any]:
+              suggestions: list[Any] | None = None, blocking: bool = False,
+              keep_unsent: bool = False) -> dict[str, Any]:
         return self.report(work.execution_id, "task_error", work.task_id, status="error", error_type=error_type,
                            error_message=error_message, human_review_required=human_review_required,
-                           suggestions=suggestions, blocking=blocking)
+                           suggestions=suggestions, blocking=blocking, keep_unsent=keep_unsent)
 
     def heartbeat(self, execution_id: str | None = None) -> dict[str, Any]:
         """Alive, working on `execution_id`; without one, alive between executions (logged nowhere)."""
@@ -195,6 +250,9 @@ class AgentClient:
         actions = list(supported_actions) if supported_actions else None
         completed = 0
         while not stop.is_set():
+            if not self.send_unsent():  # the server is still unreachable: no new work before those
+                stop.wait(idle_sleep)
+                continue
             try:
                 work = self.poll(actions)
             except (requests.RequestException, AgentClientError) as exc:
@@ -211,31 +269,53 @@ class AgentClient:
                     callback(work)
                 stop.wait(idle_sleep)
                 continue
-            if work.task_id is None:
+            if work.task_id is None or not self._take_in_hand(work):
                 stop.wait(idle_sleep)
                 continue
-            completed += self._work_one(handler, work)
+            try:
+                completed += self._work_one(handler, work)
+            finally:
+                with self._in_hand_lock:
+                    self._in_hand.discard(work.key)
         return completed
 
+    def _take_in_hand(self, work: Work) -> bool:
+        """False when another run loop of this client already works on `work`: a redelivery answered
+        before that loop's `task_started` was applied. It must not run the handler a second time."""
+        with self._in_hand_lock:
+            if work.key in self._in_hand:
+                log.info("%s is already in hand (redelivered); waiting", work.task_id)
+                return False
+            self._in_hand.add(work.key)
+            return True
+
     def _work_one(self, handler: Callable[[Work], dict[str, Any] | None], work: Work) -> int:
+        """Start, run the handler, report how it went. A start that does not get through leaves the
+        claim unacknowledged (a later poll answers it again, or the sweeper puts it back); the last
+        report, once the subtask is acknowledged, is kept until it gets through, since nothing else
+        would ever finish the subtask."""
         try:
             self.started(work)
             try:
                 output = handler(work)
             except HumanReviewNeeded as exc:
                 self.error(work, "human_review_required", exc.message, human_review_required=True,
-                           suggestions=exc.suggestions, blocking=True)
+                           suggestions=exc.suggestions, blocking=True, keep_unsent=True)
                 return 0
             except Exception as exc:  # noqa: BLE001 - any handler failure is reported, the loop goes on
                 log.exception("handler failed on %s", work.task_id)
-                self.error(work, type(exc).__name__, str(exc))
+                self.error(work, type(exc).__name__, str(exc), keep_unsent=True)
                 return 0
-            self.complete(work, output_data=output if isinstance(output, dict) else None)
+            self.complete(work, output_data=output if isinstance(output, dict) else None, keep_unsent=True)
             return 1
         except (requests.RequestException, AgentClientError, TimeoutError) as exc:
-            # The subtask stays held; the sweeper gives it back if this agent never manages to report.
             log.warning("reporting on %s failed: %s", work.task_id, exc)
             return 0
+
+
+def _unsent(exc: Exception) -> bool:
+    """The report may not have arrived, or not been applied yet: worth sending again (same key)."""
+    return not isinstance(exc, AgentClientError) or exc.status >= 500
 
 
 def _json(resp: requests.Response) -> dict[str, Any]:

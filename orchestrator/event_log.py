@@ -16,7 +16,9 @@ STATUS_CHANGE = "status_change"
 TASK_RESOLVED = "task_resolved"
 SUBTASK_TIMEOUT = "subtask_timeout"  # the sweeper took a subtask back: past its timeout_hours
 AGENT_SILENT = "agent_silent"  # the sweeper took a subtask back: its agent went quiet
-SYSTEM_EVENT_TYPES = frozenset({EXECUTION_CREATED, STATUS_CHANGE, TASK_RESOLVED, SUBTASK_TIMEOUT, AGENT_SILENT})
+CLAIM_EXPIRED = "claim_expired"  # the sweeper put back a claim its agent never reported on (no attempt spent)
+SYSTEM_EVENT_TYPES = frozenset({EXECUTION_CREATED, STATUS_CHANGE, TASK_RESOLVED, SUBTASK_TIMEOUT, AGENT_SILENT,
+                                CLAIM_EXPIRED})
 
 
 def record_event(

@@ -5,6 +5,13 @@ execution that is QUEUED or RUNNING and not being paused or cancelled, assigned 
 none, with an action the agent supports. On PostgreSQL the candidate row is taken with
 `FOR UPDATE SKIP LOCKED`, so concurrent pollers pass over each other's claims instead of waiting or
 colliding; on SQLite the unit of work's BEGIN IMMEDIATE serialises claimers.
+
+A claim is not final until its agent acknowledges it: the worker stamps `acknowledged_at` when it
+applies the agent's first event about the subtask. Until then the committed claim may be one whose
+answer never arrived (a client timeout while a lock held the commit back, a web process killed
+after the commit), so the agent's next poll gets the same subtask and attempt again, marked
+`"redelivered": true`, instead of new work or a 204; and the sweeper puts it back in the queue after
+CLAIM_ACK_SECONDS without costing an attempt (orchestrator/sweeper.py).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Row, and_, or_, select
 from sqlalchemy.orm import Session
 
 from orchestrator.agents import capability_actions
@@ -104,14 +111,20 @@ def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: 
     }
 
 
-def _force_flags(session: Session, agent_id: str, result: ClaimResult, now: datetime) -> dict[str, Any]:
-    """force_pause / force_cancel for work the agent holds; cancelled work is released here."""
-    held = session.execute(
-        select(ExecutionSubtask.execution_id, ExecutionSubtask.plan_subtask_id, Execution.status,
-               Execution.pause_requested, Execution.cancel_requested)
+def _held(session: Session, agent_id: str) -> list[Row[Any]]:
+    """What the agent holds (RUNNING subtasks), with their executions' pause and cancel state: the
+    holder index's one query, which every poll makes."""
+    return list(session.execute(
+        select(ExecutionSubtask.execution_id, ExecutionSubtask.plan_subtask_id, ExecutionSubtask.claimed_at,
+               ExecutionSubtask.acknowledged_at, Execution.status, Execution.pause_requested,
+               Execution.cancel_requested)
         .join(Execution, Execution.id == ExecutionSubtask.execution_id)
         .where(ExecutionSubtask.agent_id == agent_id, ExecutionSubtask.status == SubtaskStatus.RUNNING)
-    ).all()
+    ).all())
+
+
+def _force_flags(session: Session, held: list[Row[Any]], result: ClaimResult, now: datetime) -> dict[str, Any]:
+    """force_pause / force_cancel for work the agent holds; cancelled work is released here."""
     paused = [h for h in held if h.status == ExecutionStatus.PAUSED or h.pause_requested]
     cancelled = [h for h in held if h.status == ExecutionStatus.CANCELLED or h.cancel_requested]
     if cancelled:
@@ -128,6 +141,32 @@ def _force_flags(session: Session, agent_id: str, result: ClaimResult, now: date
         "held": [{"execution_id": h.execution_id, "task_id": h.plan_subtask_id,
                   "signal": "cancel" if h in cancelled else "pause"} for h in [*cancelled, *paused]],
     }
+
+
+def _redeliver(session: Session, agent_id: str, held: list[Row[Any]], actions: set[str] | None,
+               result: ClaimResult) -> bool:
+    """Answer again with the oldest claim the agent has not acknowledged, if any; say whether it did.
+
+    No event about it has been applied, so the agent may never have received the poll's answer (it
+    timed out on its side, or the web process died after the commit): it gets the same subtask and
+    attempt again rather than new work beside it. Redelivery leaves `claimed_at` alone, so a claim
+    its agent keeps polling past but never acknowledges still expires (orchestrator/sweeper.py).
+    """
+    for h in sorted((h for h in held if h.acknowledged_at is None and h.claimed_at is not None),
+                    key=lambda h: h.claimed_at):
+        g = load_graphs(session, [h.execution_id], lock=True)[h.execution_id]
+        sub = g.subtasks[h.plan_subtask_id]
+        # Checked again on the locked row: the sweeper may have put it back since the query.
+        if sub.status != SubtaskStatus.RUNNING or sub.agent_id != agent_id or sub.acknowledged_at is not None:
+            continue
+        payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
+        if actions is not None and payload["next_task"]["action"] not in actions:
+            continue  # not what this poll can do: it expires and goes to an agent that can
+        result.payload = {**payload, "redelivered": True}
+        # The first answer's hold may never have reached Redis (that is one way answers get lost).
+        result.after.holds.append((g.execution.id, sub.plan_subtask_id, agent_id))
+        return True
+    return False
 
 
 def _still_ready(g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: datetime) -> bool:
@@ -149,6 +188,7 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     `supported_actions` None means the agent's registered capabilities, or any action when it has none.
     While the agent holds work in a paused or cancelled execution it is told so (force_pause /
     force_cancel) and given nothing new; held work of a cancelled execution is released (SKIPPED).
+    Otherwise a claim the agent has not acknowledged is answered again before anything new is looked for.
     """
     agent = session.get(Agent, agent_id)
     if agent is None:
@@ -156,9 +196,13 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     if not agent.is_active:
         raise Forbidden(f"Agent {agent_id} is deactivated.", agent_id=agent_id)
     result = ClaimResult(payload=None)
-    force = _force_flags(session, agent_id, result, now)
+    held = _held(session, agent_id)
+    force = _force_flags(session, held, result, now)
     forced = force["force_pause"] or force["force_cancel"]
     actions = supported_actions if supported_actions is not None else (capability_actions(agent) or None)
+    if not forced and _redeliver(session, agent_id, held, actions, result):
+        agent.last_heartbeat = now
+        return result
     claimed: tuple[ExecutionGraph, ExecutionSubtask] | None = None
     passed: set[str] = set()
     for _ in range(0 if forced else MAX_CANDIDATES):
@@ -178,6 +222,7 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
         ex = g.execution
         before = (ex.status, ex.current_task_id)
         start_subtask(g, sub, agent_id, now)
+        sub.acknowledged_at = None  # until the agent's first event about it (orchestrator/events/apply.py)
         if ex.status == ExecutionStatus.QUEUED:
             move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
         result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))

@@ -17,6 +17,7 @@
 | NOTIFY_WEBHOOK_URL | (unset) | where blocks are POSTed for owners (signed); a log line is always written |
 | NOTIFY_WEBHOOK_SECRET | SECRET_KEY | HMAC-SHA256 key of the `X-Orchestrator-Signature` header |
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
+| CLAIM_ACK_SECONDS | 60 | a claim with no report from its agent this long goes back to the queue, attempt unchanged |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
 | LOG_LEVEL | INFO | |
@@ -93,6 +94,7 @@ class Settings:
     notify_webhook_url: str | None
     notify_webhook_secret: str
     heartbeat_window_seconds: int
+    claim_ack_seconds: int
     sweep_interval_seconds: int
     log_level: str
     max_body_bytes: int
@@ -125,6 +127,7 @@ class Settings:
             notify_webhook_url=env.get("NOTIFY_WEBHOOK_URL") or None,
             notify_webhook_secret=env.get("NOTIFY_WEBHOOK_SECRET") or secret,
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
+            claim_ack_seconds=max(1, _int(env, "CLAIM_ACK_SECONDS", 60)),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),

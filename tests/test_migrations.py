@@ -8,13 +8,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
 import migrations
-from orchestrator.db import make_engine
-from orchestrator.models import Base
+from orchestrator.db import Database, make_engine
+from orchestrator.execution_graph import load_graphs, start_subtask
+from orchestrator.executions import create_execution
+from orchestrator.models import Base, ExecutionSubtask
 from orchestrator.settings import Settings
+from tests.factories import make_agent, make_plan, make_user
 
 
 @pytest.fixture
@@ -101,3 +104,26 @@ def test_event_positions_backfill_in_acceptance_order(scratch_url: str) -> None:
     assert counter == [(1, 4)]
     migrations.downgrade(scratch_url, "0001")
     migrations.upgrade(scratch_url)
+
+
+def test_claims_made_before_acknowledgements_count_as_acknowledged(scratch_url: str, base_settings: Settings) -> None:
+    """0004 stamps every claim already RUNNING as acknowledged at its claim: its agent may well be working
+    on it, and must neither be answered with it again nor lose it after CLAIM_ACK_SECONDS."""
+    migrations.upgrade(scratch_url)
+    db = Database(base_settings.replace(database_url=scratch_url))
+    claimed = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        with db.unit_of_work() as s:
+            owner = make_user(s)
+            make_agent(s, "agent_m")
+            plan = make_plan(s, owner, n_subtasks=2)
+            create_execution(s, owner.id, plan.id, claimed, execution_id="exec_m")
+            g = load_graphs(s, ["exec_m"])["exec_m"]
+            start_subtask(g, g.subtasks["task_0_a"], "agent_m", claimed)
+        migrations.downgrade(scratch_url, "0003")
+        migrations.upgrade(scratch_url)
+        with db.reading() as s:
+            acked = {sub.plan_subtask_id: sub.acknowledged_at for sub in s.scalars(select(ExecutionSubtask))}
+    finally:
+        db.dispose()
+    assert acked == {"task_0_a": claimed, "task_0_b": None}

@@ -139,6 +139,15 @@ class _Applier:
         self.touched[g.execution.id] = g
         self.result.applied += 1
 
+    @staticmethod
+    def _acknowledge(env: Envelope, sub: ExecutionSubtask | None) -> None:
+        """The holder's first event about its claim shows that the poll's answer reached it: from now
+        on the poll stops handing the claim out again and the sweeper's CLAIM_ACK_SECONDS no longer
+        applies (orchestrator/scheduling.py, orchestrator/sweeper.py)."""
+        if (sub is not None and sub.acknowledged_at is None and sub.status == SubtaskStatus.RUNNING
+                and sub.agent_id == env.agent_id):
+            sub.acknowledged_at = env.received_at
+
     def _seen(self, env: Envelope) -> None:
         self.heartbeats[env.agent_id] = max(self.heartbeats.get(env.agent_id, env.received_at), env.received_at)
 
@@ -146,6 +155,7 @@ class _Applier:
         body, ex = env.body, g.execution
         kind = body["event_type"]
         if kind == "heartbeat":
+            self._acknowledge(env, sub)  # one that names a held subtask shows the agent has it too
             return self._ok(env, g)
         if ex.status in FINISHED_STATES:
             return rejected_outcome(env, "execution_finished",
@@ -155,6 +165,7 @@ class _Applier:
         if sub.status != SubtaskStatus.RUNNING or sub.agent_id != env.agent_id:
             return rejected_outcome(env, "not_holder",
                                     f"Agent {env.agent_id} does not hold subtask {sub.plan_subtask_id}.")
+        self._acknowledge(env, sub)
 
         facts: EventFacts
         extra: dict[str, Any] = {}

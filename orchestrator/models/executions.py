@@ -122,6 +122,10 @@ class ExecutionSubtask(Base):
 
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))  # the agent holding it
     claimed_at: Mapped[datetime | None]
+    # When the holder's first event about this claim was applied: until then the claim is only an
+    # answer that may have been lost, so the poll hands it out again and the sweeper takes it back
+    # after CLAIM_ACK_SECONDS without costing an attempt (orchestrator/scheduling.py, sweeper.py).
+    acknowledged_at: Mapped[datetime | None]
 
     result_data: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)

@@ -190,6 +190,66 @@ def test_a_lost_poll_answer_is_not_resent_but_a_lost_report_answer_is() -> None:
     assert len(bodies) == 2 and bodies[0]["idempotency_key"] == bodies[1]["idempotency_key"]
 
 
+def test_two_run_loops_of_one_client_never_run_a_redelivered_subtask_twice() -> None:
+    """Loop A has the subtask and is working on it; loop B's poll is answered with it again (A's
+    task_started is not applied yet, as far as this fake server is concerned): B must leave it to A."""
+    redelivered = {**WORK, "redelivered": True}
+    stop, b_saw_it = threading.Event(), threading.Event()
+    agent, server = fake_client({WORK_PATH: [(200, WORK), (200, redelivered), (204, None)],
+                                 EVENTS_PATH: [(201, {"status": "RUNNING"})]})
+    seen: list[str] = []
+
+    def handler(work: Work) -> dict[str, Any]:
+        seen.append(work.task_id)
+        threading.Thread(target=agent.run, args=(handler,), kwargs={"stop": stop, "idle_sleep": 0.01},
+                         daemon=True).start()  # loop B, while A is in here
+        b_saw_it.wait(5)
+        return {}
+
+    def calls(method: str) -> int:
+        return sum(1 for c in server.calls if c.method == method)
+
+    def watch() -> None:
+        while calls("GET") < 3:  # A's poll, B's (the redelivery), B's next (204)
+            threading.Event().wait(0.01)
+        b_saw_it.set()
+        while calls("POST") < 2:  # A's task_started and task_complete
+            threading.Event().wait(0.01)
+        stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    timer = threading.Timer(10, stop.set)  # a guard: never hang the suite
+    timer.start()
+    try:
+        assert agent.run(handler, stop=stop, idle_sleep=0.01) == 1
+    finally:
+        timer.cancel()
+    assert seen == ["task_0_a"]
+    assert [b["event_type"] for b in server.bodies()] == ["task_started", "task_complete"]
+
+
+def test_run_keeps_a_last_report_that_did_not_get_through_and_sends_it_before_polling_again() -> None:
+    """The subtask is acknowledged (its task_started was applied): if its task_complete were dropped,
+    nothing would ever finish it."""
+    down = [(503, {"error": {"code": "unavailable"}})] * (client_mod.MAX_RETRIES + 1)
+    stop = threading.Event()
+    agent, server = fake_client({WORK_PATH: [(200, WORK), (204, None)],
+                                 EVENTS_PATH: [(201, {"status": "RUNNING"}), *down, (201, {"status": "COMPLETED"})]})
+
+    def stopper() -> None:
+        while sum(1 for c in server.calls if c.method == "GET") < 2:
+            threading.Event().wait(0.01)
+        stop.set()
+
+    threading.Thread(target=stopper, daemon=True).start()
+    agent.run(lambda work: {"sent": True}, stop=stop, idle_sleep=0.01)
+    completes = [b for b in server.bodies() if b["event_type"] == "task_complete"]
+    assert len(completes) == client_mod.MAX_RETRIES + 2 and len({b["idempotency_key"] for b in completes}) == 1
+    methods = [c.method for c in server.calls]
+    assert methods.index("GET", 1) > len(methods) - 1 - methods[::-1].index("POST")  # sent before the next poll
+    assert agent.send_unsent() is True
+
+
 def test_force_pause_work_lists_what_is_held() -> None:
     held = [{"execution_id": "exec_1", "task_id": "task_0_a", "signal": "pause"}]
     paused = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
@@ -229,8 +289,10 @@ def test_poll_against_the_app(client, db) -> None:
     agent = AgentClient(BASE, scene.agent_id, scene.agent_key, session=session)
     work = agent.poll(["send_email"])
     assert work is not None and (work.execution_id, work.task_id) == (scene.execution_id, "task_0_a")
-    assert work.task["action"] == "send_email" and work.task["attempt"] == 1
-    assert agent.poll(["send_email"]) is None  # 204: task_0_b waits for task_0_a
+    assert work.task["action"] == "send_email" and work.task["attempt"] == 1 and not work.redelivered
+    # No task_started applied yet: as far as the server knows, the first answer may have been lost.
+    again = agent.poll(["send_email"])
+    assert again is not None and again.redelivered and again.key == work.key == (scene.execution_id, "task_0_a", 1)
     stranger = AgentClient(BASE, "agent_someone_else", scene.agent_key, session=session)
     with pytest.raises(AgentClientError) as info:
         stranger.poll()

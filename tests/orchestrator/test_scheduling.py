@@ -19,9 +19,15 @@ from tests.factories import make_agent, make_plan, make_user
 from tests.workers.helpers import assert_each_claimed_once, queued_execution
 
 
-def claim(db: Database, agent_id: str, actions: set[str] | None = None):
+def claim(db: Database, agent_id: str, actions: set[str] | None = None, *, acknowledge: bool = True):
+    """A poll; with `acknowledge`, as though the agent's `task_started` for what it got were applied at
+    once (else its next poll would get the same subtask again: tests/orchestrator/test_claim_ack.py)."""
     with db.unit_of_work() as s:
-        return claim_work(s, agent_id, actions, utcnow())
+        result = claim_work(s, agent_id, actions, utcnow())
+        work = result.payload
+        if acknowledge and work is not None and work["next_task"] is not None:
+            s.get(ExecutionSubtask, f"{work['execution_id']}:{work['next_task']['task_id']}").acknowledged_at = utcnow()
+        return result
 
 
 def test_prerequisites_and_order(db) -> None:
@@ -189,7 +195,8 @@ def test_paused_execution_hands_out_nothing_and_tells_the_holder(db) -> None:
         for sub in s.scalars(select(ExecutionSubtask).where(ExecutionSubtask.execution_id == scene.execution_id)):
             sub.waiting_on = 0  # all three ready at once
         make_agent(s, "agent_other")
-    assert claim(db, scene.agent_id).payload["next_task"]["task_id"] == "task_0_a"
+    # Not acknowledged: the pause still comes before answering the claim again.
+    assert claim(db, scene.agent_id, acknowledge=False).payload["next_task"]["task_id"] == "task_0_a"
     with db.unit_of_work() as s:
         ex = s.get(Execution, scene.execution_id)
         ex.status, ex.pause_requested = "PAUSED", True
@@ -207,7 +214,7 @@ def test_paused_execution_hands_out_nothing_and_tells_the_holder(db) -> None:
 
 def test_cancelled_execution_releases_held_work_and_says_so_once(db) -> None:
     scene = queued_execution(db, n_subtasks=2)
-    claim(db, scene.agent_id)
+    claim(db, scene.agent_id, acknowledge=False)  # the cancel still comes before answering the claim again
     with db.unit_of_work() as s:
         ex = s.get(Execution, scene.execution_id)
         ex.status, ex.cancel_requested = "CANCELLED", True

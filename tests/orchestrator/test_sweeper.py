@@ -10,7 +10,7 @@ from orchestrator.credentials import Principal
 from orchestrator.executions import control_execution
 from orchestrator.holds import holder
 from orchestrator.models import Agent, Execution, ExecutionEvent, ExecutionSubtask, PlanSubtask, utcnow
-from orchestrator.sweeper import release_overdue_work, take_back_overdue
+from orchestrator.sweeper import Windows, release_overdue_work, take_back_overdue
 from tests.workers.helpers import Scene, claim, queued_execution
 
 FIXED = {"max_attempts": 2, "backoff": "fixed", "backoff_seconds": 30}
@@ -139,10 +139,10 @@ def test_timeout_follows_the_plan_subtask_and_limit_caps_a_run(db, redis, migrat
     _age(db, scene, "task_0_a", claimed_ago=timedelta(hours=2), heartbeat_ago=timedelta(seconds=1))
     _age(db, scene, "task_0_b", claimed_ago=timedelta(hours=3), heartbeat_ago=timedelta(seconds=1))
     with db.unit_of_work() as s:
-        first = take_back_overdue(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
+        first = take_back_overdue(s, utcnow(), Windows.of(migrated), limit=1)
     assert first.after.released == {scene.execution_id: ["task_0_b"]}  # the oldest claim first
     with db.unit_of_work() as s:
-        second = take_back_overdue(s, utcnow(), migrated.heartbeat_window_seconds, limit=1)
+        second = take_back_overdue(s, utcnow(), Windows.of(migrated), limit=1)
     assert second.after.released == {scene.execution_id: ["task_0_a"]}
 
 

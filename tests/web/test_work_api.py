@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import orjson
 import pytest
+import redis as redis_lib
 from sqlalchemy import select
 
 from orchestrator.credentials import issue_credential
 from orchestrator.holds import holder
-from orchestrator.models import Agent, Execution, ExecutionSubtask
+from orchestrator.models import Agent, Execution, ExecutionSubtask, utcnow
 from orchestrator.publish import channel
 from tests.factories import make_agent, make_user_with_token
 from tests.workers.helpers import Scene, queued_execution
@@ -31,6 +33,12 @@ def bearer(key: str) -> dict[str, str]:
 
 def poll(client, scene: Scene, query: str = "", key: str | None = None):
     return client.get(f"/api/agents/{scene.agent_id}/work{query}", headers=bearer(key or scene.agent_key))
+
+
+def acknowledge(db, scene: Scene, subtask_id: str) -> None:
+    """As the worker does when it applies the agent's `task_started`: the claim is no longer answered again."""
+    with db.unit_of_work() as s:
+        s.get(ExecutionSubtask, f"{scene.execution_id}:{subtask_id}").acknowledged_at = utcnow()
 
 
 def test_claim_answers_the_guides_json_and_records_the_hold(client, scene, redis, migrated, caplog) -> None:
@@ -56,9 +64,10 @@ def test_claim_answers_the_guides_json_and_records_the_hold(client, scene, redis
     assert f"Execution {scene.execution_id} transitioned: QUEUED -> RUNNING" in caplog.text
 
 
-def test_nothing_to_do_is_204_with_an_empty_body(client, scene) -> None:
+def test_nothing_to_do_is_204_with_an_empty_body(client, scene, db) -> None:
     assert poll(client, scene, "?supported_actions=make_phone_call").status_code == 204
     assert poll(client, scene).status_code == 200  # task_0_a
+    acknowledge(db, scene, "task_0_a")
     resp = poll(client, scene)  # task_0_b waits for task_0_a
     assert resp.status_code == 204 and resp.data == b""
 
@@ -116,3 +125,33 @@ def test_pause_reaches_the_holder_on_every_poll_until_it_resumes(client, scene, 
         body = poll(client, scene).get_json()
         assert (body["work_available"], body["force_pause"], body["force_cancel"]) == (False, True, False)
         assert body["held"][0]["signal"] == "pause"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_redis_down_after_the_commit_still_answers_the_claim(client, app, scene, db, redis, migrated,
+                                                             caplog) -> None:
+    """The claim has committed when the hold is written: a 503 then would strand it with an agent that
+    never heard of it. The hold is only a cache (the event front end falls back to the database)."""
+    app.extensions["redis"] = redis_lib.Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="web.effects"):
+            resp = poll(client, scene)
+    finally:
+        app.extensions["redis"] = redis
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    body = resp.get_json()
+    assert list(body) == GUIDE_KEYS and body["next_task"]["task_id"] == "task_0_a"
+    assert "Redis unavailable after a commit" in caplog.text and "1 holds" in caplog.text
+    assert holder(redis, migrated.redis_key_prefix, scene.execution_id, "task_0_a") is None
+    # Redis is back: the next poll answers the same claim and writes the hold it missed.
+    again = poll(client, scene).get_json()
+    assert again == {**body, "redelivered": True}
+    assert holder(redis, migrated.redis_key_prefix, scene.execution_id, "task_0_a") == scene.agent_id
+    with db.reading() as s:
+        sub = s.get(ExecutionSubtask, f"{scene.execution_id}:task_0_a")
+        assert (sub.status, sub.agent_id, sub.attempt) == ("RUNNING", scene.agent_id, 1)

@@ -48,11 +48,15 @@ def queued_execution(db: Database, *, n_tasks: int = 1, n_subtasks: int = 2, ret
         return Scene(owner.id, agent.id, key, ex.id)
 
 
-def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, subtask_id: str) -> None:
-    """Hand `subtask_id` to the scene's agent the way the poll does (held in the database and in Redis)."""
+def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, subtask_id: str, *,
+          acknowledged: bool = True) -> None:
+    """Hand `subtask_id` to the scene's agent the way the poll does (held in the database and in Redis),
+    and, unless told otherwise, as acknowledged: the agent has reported on it since."""
     with db.unit_of_work() as s:
         g = load_graphs(s, [scene.execution_id])[scene.execution_id]
-        start_subtask(g, g.subtasks[subtask_id], scene.agent_id, utcnow())
+        now = utcnow()
+        start_subtask(g, g.subtasks[subtask_id], scene.agent_id, now)
+        g.subtasks[subtask_id].acknowledged_at = now if acknowledged else None
         if g.execution.status == "QUEUED":
             g.execution.status = "RUNNING"
     record_hold(r, settings.redis_key_prefix, scene.execution_id, subtask_id, scene.agent_id)

@@ -1,4 +1,8 @@
-"""GET /api/agents/{id}/work: agents poll for their next subtask (each poll is a heartbeat)."""
+"""GET /api/agents/{id}/work: agents poll for their next subtask (each poll is a heartbeat).
+
+A claim that has committed is always answered (200 with its payload), even when Redis fails in the
+after-commit step (web/effects.py): an answer turned into a 503 would strand the claim.
+"""
 
 from __future__ import annotations
 
