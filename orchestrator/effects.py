@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from orchestrator.holds import record_hold, release_holds
-from orchestrator.publish import publish
+from orchestrator.holds import queue_hold, release_holds
+from orchestrator.publish import queue_publish
 from orchestrator.state_machine import log_transition
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,14 @@ class AfterCommit:
 def carry_out(r: redis.Redis, prefix: str, work: AfterCommit, notify: Notify | None = None) -> None:
     """Do `work`. Call only once the transaction that collected it has committed: event messages
     take their position (`seq`) from their rows here, and holds must not outlive a rollback."""
-    for execution_id, subtask_id, agent_id in work.holds:
-        record_hold(r, prefix, execution_id, subtask_id, agent_id)
-    for execution_id, subtask_ids in work.released.items():
-        release_holds(r, prefix, execution_id, subtask_ids)
-    publish(r, prefix, work.messages)
+    if work.holds or work.messages or any(work.released.values()):
+        pipe = r.pipeline(transaction=False)  # every Redis write in one round trip: it is on the poll's path
+        for execution_id, subtask_id, agent_id in work.holds:
+            queue_hold(pipe, prefix, execution_id, subtask_id, agent_id)
+        for execution_id, subtask_ids in work.released.items():
+            release_holds(pipe, prefix, execution_id, subtask_ids)
+        queue_publish(pipe, prefix, work.messages)
+        pipe.execute()
     for execution_id, old, new in work.transitions:
         log_transition(execution_id, old, new)
     for notice in work.notifications:

@@ -119,10 +119,12 @@ def _refresh_current_task(g: ExecutionGraph) -> None:
 
 
 def start_subtask(g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: datetime) -> None:
-    """A claim: the agent holds the subtask from now on."""
+    """A claim: the agent holds the subtask from now on, unacknowledged until the agent's first event
+    about it (orchestrator/events/apply.py)."""
     sub.status = SubtaskStatus.RUNNING
     sub.agent_id = agent_id
     sub.claimed_at = now
+    sub.acknowledged_at = None
     sub.started_at = sub.started_at or now
     task = g.task_of(sub)
     if task.status == TaskStatus.QUEUED:
@@ -162,15 +164,19 @@ def retries_left(sub: ExecutionSubtask) -> bool:
     return sub.attempt < sub.max_attempts
 
 
+def unclaim_subtask(sub: ExecutionSubtask) -> None:
+    """Back in the queue, held by no one; its attempt is the caller's business."""
+    sub.status = SubtaskStatus.QUEUED
+    sub.agent_id = sub.claimed_at = sub.acknowledged_at = None
+
+
 def retry_subtask(sub: ExecutionSubtask, policy: RetryPolicy, error: str | None, now: datetime,
                   *, g: ExecutionGraph | None = None, delay: float | None = None) -> datetime:
     """Put a failed subtask back in the queue for its next attempt, after the policy's backoff."""
     wait = policy.delay_after(sub.attempt) if delay is None else delay
-    sub.status = SubtaskStatus.QUEUED
+    unclaim_subtask(sub)
     sub.error = error
     sub.attempt += 1
-    sub.agent_id = None
-    sub.claimed_at = None
     sub.not_before = now + timedelta(seconds=wait)
     if g is not None:
         task = g.task_of(sub)

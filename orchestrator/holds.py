@@ -17,13 +17,20 @@ def members_key(prefix: str, execution_id: str) -> str:
     return f"{prefix}members:{execution_id}"
 
 
-def record_hold(r: redis.Redis, prefix: str, execution_id: str, subtask_id: str, agent_id: str) -> None:
-    """The poll handed `subtask_id` to `agent_id`: it holds it, and from now on takes part in the execution."""
-    pipe = r.pipeline(transaction=False)
+def queue_hold(pipe: redis.client.Pipeline, prefix: str, execution_id: str, subtask_id: str,
+               agent_id: str) -> None:
+    """Queue on `pipe`: the poll handed `subtask_id` to `agent_id`, which holds it and from now on takes
+    part in the execution."""
     pipe.hset(holds_key(prefix, execution_id), subtask_id, agent_id)
     pipe.expire(holds_key(prefix, execution_id), TTL_SECONDS)
     pipe.sadd(members_key(prefix, execution_id), agent_id)
     pipe.expire(members_key(prefix, execution_id), TTL_SECONDS)
+
+
+def record_hold(r: redis.Redis, prefix: str, execution_id: str, subtask_id: str, agent_id: str) -> None:
+    """`queue_hold` in a round trip of its own."""
+    pipe = r.pipeline(transaction=False)
+    queue_hold(pipe, prefix, execution_id, subtask_id, agent_id)
     pipe.execute()
 
 
@@ -35,7 +42,9 @@ def record_members(r: redis.Redis, prefix: str, execution_id: str, agent_ids: li
         pipe.execute()
 
 
-def release_holds(r: redis.Redis, prefix: str, execution_id: str, subtask_ids: list[str]) -> None:
+def release_holds(r: redis.Redis | redis.client.Pipeline, prefix: str, execution_id: str,
+                  subtask_ids: list[str]) -> None:
+    """On a pipeline, queued; on a client, sent at once."""
     if subtask_ids:
         r.hdel(holds_key(prefix, execution_id), *subtask_ids)
 

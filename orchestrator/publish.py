@@ -10,7 +10,7 @@ while messages are built inside it. So the contract is:
 
 - `event_message(row, owner_id)` may be called before the commit: it returns an `EventMessage`,
   a plain dict (equal to one, serialisable as one) that also keeps a reference to `row`;
-- `publish()`, called after the commit, reads the row's `seq` at that moment (`resolved()`),
+- `queue_publish()` (or `publish()`), called after the commit, reads the row's `seq` at that moment (`resolved()`),
   and `commit_range`, the first and last position its transaction drew: pub/sub order across
   shards is not commit order, and the web tier's relay puts messages back in position order,
   which it can do only if it knows which positions one commit covered (not every event is
@@ -106,13 +106,16 @@ def for_client(msg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in resolved(msg).items() if k not in INTERNAL_KEYS}
 
 
-def publish(r: redis.Redis, prefix: str, messages: Iterable[dict[str, Any]]) -> None:
-    """Publish in one round trip. Call only after the transaction that made them has committed:
-    event messages take their `seq` from their rows here."""
-    pipe = r.pipeline(transaction=False)
-    n = 0
+def queue_publish(pipe: redis.client.Pipeline, prefix: str, messages: Iterable[dict[str, Any]]) -> None:
+    """Queue the messages' publication on `pipe`. Call only after the transaction that made them has
+    committed: event messages take their `seq` from their rows here."""
     for msg in messages:
         pipe.publish(channel(prefix), orjson.dumps(resolved(msg)))
-        n += 1
-    if n:
+
+
+def publish(r: redis.Redis, prefix: str, messages: Iterable[dict[str, Any]]) -> None:
+    """`queue_publish` in one round trip of its own (none when there is nothing to say)."""
+    pipe = r.pipeline(transaction=False)
+    queue_publish(pipe, prefix, messages)
+    if len(pipe):
         pipe.execute()

@@ -222,7 +222,6 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
         ex = g.execution
         before = (ex.status, ex.current_task_id)
         start_subtask(g, sub, agent_id, now)
-        sub.acknowledged_at = None  # until the agent's first event about it (orchestrator/events/apply.py)
         if ex.status == ExecutionStatus.QUEUED:
             move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
         result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))

@@ -201,8 +201,7 @@ def _expire(session: Session, due: _Due, now: datetime, result: TakenBack) -> No
     g, sub = due.g, due.sub
     ex = g.execution
     holder, claimed_at = sub.agent_id, sub.claimed_at
-    sub.status = SubtaskStatus.QUEUED
-    sub.agent_id = sub.claimed_at = sub.acknowledged_at = None
+    execution_graph.unclaim_subtask(sub)
     message = (f"Agent {holder} never reported on subtask {sub.plan_subtask_id} (claimed at {iso(claimed_at)}); "
                "it is back in the queue.")
     ev = event_log.record_event(
