@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 from sqlalchemy import delete
+from sqlalchemy.exc import OperationalError
 
 import migrations
 from orchestrator.db import Database
@@ -77,9 +78,18 @@ def database(migrated: Settings) -> Iterator[Database]:
 
 
 def _empty_tables(db: Database) -> None:
-    with db.unit_of_work() as session:
-        for table in reversed(Base.metadata.sorted_tables):
-            session.execute(delete(table))
+    # The session's worker may still be applying a test's last events; PostgreSQL then picks one of
+    # the two transactions to abort as a deadlock, and the wipe simply goes again.
+    for attempt in range(5):
+        try:
+            with db.unit_of_work() as session:
+                for table in reversed(Base.metadata.sorted_tables):
+                    session.execute(delete(table))
+            return
+        except OperationalError:
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture
@@ -130,6 +140,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
         "LOG_LEVEL": "INFO",
     })
+    env.pop("ENCRYPTION_KEYS", None)
+    if settings.encryption_key_file is None:  # keys given in the environment, not kept in the data dir
+        env["ENCRYPTION_KEYS"] = ",".join(settings.encryption_keys)
     return env
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import redis
 from celery import Celery
@@ -15,6 +16,8 @@ from orchestrator.settings import Settings
 @dataclass
 class WorkerRuntime:
     settings: Settings
+    # The shard drainer, kept for the process's life: it remembers which streams have their group.
+    drainer: Any = None
 
     @cached_property
     def db(self) -> Database:

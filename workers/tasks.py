@@ -20,10 +20,12 @@ log = logging.getLogger(__name__)
 
 def _drainer(task: Task) -> ShardDrainer:
     rt = runtime_for(task.app)
-    s = rt.settings
-    notify = (lambda notice: notify_owner.delay(notice)) if s.notify_webhook_url else None
-    return ShardDrainer(rt.db, rt.redis, s.redis_key_prefix, batch_size=s.ingest_batch_size,
-                        lease_seconds=s.ingest_lease_seconds, notify=notify)
+    if rt.drainer is None:
+        s = rt.settings
+        notify = (lambda notice: notify_owner.delay(notice)) if s.notify_webhook_url else None
+        rt.drainer = ShardDrainer(rt.db, rt.redis, s.redis_key_prefix, batch_size=s.ingest_batch_size,
+                                  lease_seconds=s.ingest_lease_seconds, notify=notify)
+    return rt.drainer
 
 
 @shared_task(name="workers.tasks.drain", bind=True, ignore_result=True)

@@ -38,14 +38,18 @@ from orchestrator.events.protocol import (
 from orchestrator.holds import holds_key, members_key, record_members
 from orchestrator.ids import event_id as new_event_id
 from orchestrator.models import Execution, ExecutionSubtask
+from orchestrator.revocation import EpochSeen
 
-# KEYS: per event (dedup key, stream key, outcome key). ARGV: dedup ttl, outcome ttl, then per event
-# (event id, encoded envelope, fingerprint, pending record); an empty fingerprint means "no dedup key".
-# Every reuse of a key with another body is found before anything is written: all or nothing.
+# KEYS: per event (dedup key, stream key, outcome key), then the trigger flag of each shard touched.
+# ARGV: dedup ttl, outcome ttl, flag ttl (ms), number of events, then per event (event id, encoded
+# envelope, fingerprint, pending record, index of its shard's flag); an empty fingerprint means "no
+# dedup key". Every reuse of a key with another body is found before anything is written: all or
+# nothing. Returns per event (1 if queued or 0 if a duplicate, event id), then per flag 1 when this
+# call set it: only then does the caller trigger a drain of that shard.
 _ACCEPT = """
-local n = #KEYS / 3
+local n = tonumber(ARGV[4])
 for i = 1, n do
-  local fp = ARGV[4 * i + 1]
+  local fp = ARGV[5 * i + 2]
   if fp ~= '' then
     local existing = redis.call('GET', KEYS[3 * i - 2])
     if existing then
@@ -55,8 +59,9 @@ for i = 1, n do
   end
 end
 local out = {}
+local touched = {}
 for i = 1, n do
-  local eid, payload, fp, pending = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local eid, payload, fp, pending = ARGV[5 * i], ARGV[5 * i + 1], ARGV[5 * i + 2], ARGV[5 * i + 3]
   local existing = false
   if fp ~= '' then existing = redis.call('GET', KEYS[3 * i - 2]) end
   if existing then
@@ -67,12 +72,26 @@ for i = 1, n do
     if fp ~= '' then redis.call('SET', KEYS[3 * i - 2], eid .. ' ' .. fp, 'EX', ARGV[1]) end
     redis.call('SET', KEYS[3 * i], pending, 'EX', ARGV[2])
     redis.call('XADD', KEYS[3 * i - 1], '*', 'e', payload)
+    touched[tonumber(ARGV[5 * i + 4])] = true
     out[#out + 1] = 1
     out[#out + 1] = eid
   end
 end
+for f = 1, #KEYS - 3 * n do
+  if touched[f] and redis.call('SET', KEYS[3 * n + f], '1', 'NX', 'PX', ARGV[3]) then
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
 return out
 """
+
+# How long a shard's trigger flag stands for "a drain is queued or running, and will read the stream
+# again before it stops" (the drain clears it as it stops). Longer than a drain's time budget plus a
+# task's wait in the queue, so that a busy shard costs one Celery task per drain, not one per event.
+# Should the task be lost, the next event after this long triggers anew (and beat drains meanwhile).
+TRIGGER_FLAG_MS = 1000
 
 
 class NotHolder(Conflict):
@@ -136,10 +155,14 @@ class Ingestor:
 
     # -- the checked path the API uses ------------------------------------------------------------
 
-    def submit(self, agent_id: str, items: Sequence[Submission], received_at: datetime) -> list[Accepted]:
+    def submit(self, agent_id: str, items: Sequence[Submission], received_at: datetime,
+               epoch: EpochSeen | None = None, *, awaited: bool = False) -> list[Accepted]:
         """Check and queue `items` (all or none); raises the refusal of the first bad one, or
-        `EventsRefused` naming each when there are several events."""
-        checked = self._check(agent_id, items)
+        `EventsRefused` naming each when there are several events. `epoch`, when given, is the access
+        epoch the caller's cached authentication relies on: the first round trip reads it again and
+        raises `EpochChanged` before anything else is done when it moved (orchestrator/revocation.py).
+        `awaited`: the caller waits for the outcome (`wait_outcome`), so the worker pushes it a reply."""
+        checked = self._check(agent_id, items, epoch)
         if checked.refused:
             if len(items) == 1:
                 raise checked.refused[0]
@@ -147,17 +170,20 @@ class Ingestor:
                 {"index": i, "code": getattr(e, "code", "refused"), "message": getattr(e, "message", str(e))}
                 for i, e in sorted(checked.refused.items())])
         fresh = [i for i in range(len(items)) if i not in checked.earlier]
-        queued = self._queue(agent_id, [(items[i], checked.keys[i], checked.prints[i]) for i in fresh], received_at)
+        queued = self._queue(agent_id, [(items[i], checked.keys[i], checked.prints[i]) for i in fresh], received_at,
+                             awaited)
         result = dict(checked.earlier)
         result.update(zip(fresh, queued, strict=True))
         return [result[i] for i in range(len(items))]
 
-    def _check(self, agent_id: str, items: Sequence[Submission]) -> _Checked:
+    def _check(self, agent_id: str, items: Sequence[Submission], epoch: EpochSeen | None = None) -> _Checked:
         keys = [dedup_key(s.body) for s in items]
         checked = _Checked(items, keys, [fingerprint(s.body) if k else "" for s, k in zip(items, keys, strict=True)])
         self._check_reuse_within(checked)
         executions = sorted({s.execution_id for s in items if s.execution_id is not None})
         pipe = self.redis.pipeline(transaction=False)
+        if epoch is not None:
+            pipe.get(epoch.key)
         for execution_id in executions:
             pipe.sismember(members_key(self.prefix, execution_id), agent_id)
         for s, k in zip(items, keys, strict=True):  # a placeholder keeps the replies aligned
@@ -172,6 +198,8 @@ class Ingestor:
             else:
                 pipe.ping()
         replies = pipe.execute()
+        if epoch is not None:
+            epoch.verify(replies.pop(0))
         member_hits = dict(zip(executions, replies[:len(executions)], strict=True))
         dedup_hits = replies[len(executions):len(executions) + len(items)]
         hold_hits = replies[len(executions) + len(items):]
@@ -267,40 +295,31 @@ class Ingestor:
         return by_agent
 
     def _queue(self, agent_id: str, items: Sequence[tuple[Submission, str | None, str]],
-               received_at: datetime) -> list[Accepted]:
+               received_at: datetime, awaited: bool = True) -> list[Accepted]:
         if not items:
             return []
         keys: list[str] = []
-        args: list[Any] = [DEDUP_SECONDS, OUTCOME_SECONDS]
-        shards: list[int] = []
+        args: list[Any] = [DEDUP_SECONDS, OUTCOME_SECONDS, TRIGGER_FLAG_MS, len(items)]
+        flags: dict[int, int] = {}  # shard → its flag's index (from 1) among the flag keys
         for s, k, fp in items:
-            env = Envelope(new_event_id(), s.execution_id, agent_id, received_at, s.body)
+            env = Envelope(new_event_id(), s.execution_id, agent_id, received_at, s.body, awaited)
             shard = shard_of(env.routing_id, self.shards)
-            shards.append(shard)
             keys += [self.keys.dedup(agent_id, s.execution_id, k or "-"), self.keys.stream(shard),
                      self.keys.outcome(env.id)]
-            args += [env.id, env.encode(), fp if k else "", pending_outcome(env.id, s.execution_id, agent_id)]
+            args += [env.id, env.encode(), fp if k else "", pending_outcome(env.id, s.execution_id, agent_id),
+                     flags.setdefault(shard, len(flags) + 1)]
+        keys += [self.keys.trigger_flag(shard) for shard in flags]
         raw = self._accept(keys=keys, args=args)
         if raw[0] == -1:  # a racing request used one of the keys with another body
             raise IdempotencyKeyReused("This idempotency_key was already used with a different body.",
                                        index=int(raw[1]) - 1)
-        accepted: list[Accepted] = []
-        touched: set[int] = set()
-        for n, (s, _, _) in enumerate(items):
-            is_new, eid = raw[2 * n], raw[2 * n + 1]
-            accepted.append(Accepted(eid.decode() if isinstance(eid, bytes) else eid, s.execution_id,
-                                     duplicate=not is_new))
-            if is_new:
-                touched.add(shards[n])
-        for shard in sorted(touched):
-            self._trigger_once(shard)
+        accepted = [Accepted(eid.decode() if isinstance(eid, bytes) else eid, s.execution_id, duplicate=not is_new)
+                    for (s, _, _), is_new, eid in zip(items, raw[0:2 * len(items):2], raw[1:2 * len(items):2],
+                                                      strict=True)]
+        for shard, flag_set in zip(flags, raw[2 * len(items):], strict=True):
+            if flag_set:  # no drain is queued or running for this shard: start one
+                self.trigger(shard)
         return accepted
-
-    def _trigger_once(self, shard: int) -> None:
-        # A burst of events makes one drain task, not thousands; the drain clears the flag each time
-        # it reads, so an event that arrives after its last read triggers anew.
-        if self.redis.set(self.keys.trigger_flag(shard), b"1", nx=True, px=250):
-            self.trigger(shard)
 
     # -- outcomes ---------------------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.effects import AfterCommit
+from orchestrator.event_positions import add_events
 from orchestrator.events.protocol import Envelope, rejected_outcome
 from orchestrator.execution_graph import (
     ExecutionGraph,
@@ -28,7 +29,8 @@ from orchestrator.execution_graph import (
     retries_left,
     retry_subtask,
 )
-from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask, PlanSubtask, PlanTask
+from orchestrator.models import Agent, ExecutionEvent, ExecutionSubtask
+from orchestrator.plan_catalog import PlanCatalog, PlanStep
 from orchestrator.publish import event_message, execution_update, iso
 from orchestrator.retry import RetryPolicy
 from orchestrator.state_machine import (
@@ -60,24 +62,30 @@ class BatchResult:
 
 
 @dataclass
-class _PlanInfo:
-    subtasks: dict[tuple[str, str], PlanSubtask]
-    task_titles: dict[tuple[str, str], str]
+class WorkerMemory:
+    """What a worker process keeps between batches, to spare each batch queries: the plans it read,
+    and when it last wrote each agent's `last_heartbeat`. Writing that at most every
+    `heartbeat_every` per agent (as the poll does) spares a statement per agent per batch; the column
+    then lags by that much at most (a rolled-back batch's write counts as written: a little more),
+    against a silence window of minutes (HEARTBEAT_WINDOW_SECONDS)."""
+
+    plans: PlanCatalog = field(default_factory=PlanCatalog)
+    heartbeat_every: timedelta = timedelta(seconds=5)
+    written: dict[str, datetime] = field(default_factory=dict)
+
+    def heartbeats_due(self, seen: dict[str, datetime]) -> list[tuple[str, datetime]]:
+        """The (agent, time) heartbeats of `seen` to write now, in one lock order across workers."""
+        if len(self.written) > 50_000:
+            self.written.clear()
+        due = [(agent_id, at) for agent_id, at in sorted(seen.items())
+               if (last := self.written.get(agent_id)) is None or at - last >= self.heartbeat_every or at < last]
+        self.written.update(due)
+        return due
 
 
-def _load_plan_info(session: Session, graphs: dict[str, ExecutionGraph]) -> _PlanInfo:
-    plan_ids = {g.execution.plan_id for g in graphs.values()}
-    if not plan_ids:
-        return _PlanInfo({}, {})
-    rows = session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id.in_(plan_ids)))
-    subtasks = {(s.plan_id, s.id): s for s in rows}
-    titles = {
-        (plan_id, task_id): title
-        for plan_id, task_id, title in session.execute(
-            select(PlanTask.plan_id, PlanTask.id, PlanTask.title).where(PlanTask.plan_id.in_(plan_ids))
-        )
-    }
-    return _PlanInfo(subtasks, titles)
+def _load_plans(session: Session, graphs: dict[str, ExecutionGraph], plans: PlanCatalog) -> None:
+    plans.load(session, [(g.execution.plan_id, g.subtasks, [t.plan_task_id for t in g.tasks.values()])
+                         for g in graphs.values()])
 
 
 def _find_subtask(g: ExecutionGraph, agent_id: str, body: dict[str, Any]) -> ExecutionSubtask | None:
@@ -95,11 +103,13 @@ def _find_subtask(g: ExecutionGraph, agent_id: str, body: dict[str, Any]) -> Exe
 
 
 class _Applier:
-    def __init__(self, session: Session, now: datetime, graphs: dict[str, ExecutionGraph], info: _PlanInfo) -> None:
+    def __init__(self, session: Session, now: datetime, graphs: dict[str, ExecutionGraph],
+                 memory: WorkerMemory) -> None:
         self.session = session
         self.now = now
         self.graphs = graphs
-        self.info = info
+        self.memory = memory
+        self.plans = memory.plans
         self.result = BatchResult()
         self.rows: list[ExecutionEvent] = []
         self.heartbeats: dict[str, datetime] = {}
@@ -230,25 +240,25 @@ class _Applier:
             "next_action": nxt_plan.action if nxt_plan is not None else None, "status_message": message,
         }
 
-    def _plan_subtask(self, plan_id: str, sub: ExecutionSubtask) -> PlanSubtask:
-        return self.info.subtasks[(plan_id, sub.plan_subtask_id)]
+    def _plan_subtask(self, plan_id: str, sub: ExecutionSubtask) -> PlanStep:
+        return self.plans.step(plan_id, sub.plan_subtask_id)
 
     def _release(self, execution_id: str, sub: ExecutionSubtask) -> None:
         self.result.after.release(execution_id, sub.plan_subtask_id)
 
     def finish(self) -> BatchResult:
-        """Write the heartbeats, then add the event rows: they are inserted by the commit's final
-        flush, numbered on their way in (`orchestrator/event_positions.py`)."""
-        for agent_id, seen in sorted(self.heartbeats.items()):  # one lock order across workers
+        """Write the heartbeats, then hand the event rows over: they are inserted in one statement as
+        the transaction commits, numbered on their way in (`orchestrator/event_positions.py`)."""
+        for agent_id, seen in self.memory.heartbeats_due(self.heartbeats):
             self.session.execute(
                 update(Agent).where(Agent.id == agent_id).values(last_heartbeat=seen),
                 execution_options={"synchronize_session": False},
             )
         for g in self.touched.values():
             ex = g.execution
-            title = self.info.task_titles.get((ex.plan_id, ex.current_task_id or ""))
+            title = self.plans.task_title(ex.plan_id, ex.current_task_id or "")
             self.result.after.messages.append(execution_update(ex, title, self.now))
-        self.session.add_all(self.rows)
+        add_events(self.session, self.rows)
         return self.result
 
 
@@ -258,10 +268,18 @@ def _parse_ts(raw: Any) -> datetime | None:
     return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
 
 
-def apply_batch(session: Session, envelopes: list[Envelope], now: datetime) -> BatchResult:
-    """Apply `envelopes` (in acceptance order) inside the caller's transaction."""
+def apply_batch(session: Session, envelopes: list[Envelope], now: datetime, memory: WorkerMemory | None = None,
+                *, first_delivery: bool = False) -> BatchResult:
+    """Apply `envelopes` (in acceptance order) inside the caller's transaction.
+
+    `memory`: the worker's, kept between batches (without one, every plan is read and every
+    heartbeat written). `first_delivery`: none of the envelopes was ever read before (the drain
+    read them as new entries of its stream and this is the first try), so none can be in the log
+    and the query that looks for them is skipped; should one be there after all, its insert fails
+    and the caller's retry, no longer a first try, finds it."""
+    memory = memory if memory is not None else WorkerMemory(heartbeat_every=timedelta(0))
     ids = list(dict.fromkeys(e.id for e in envelopes))
-    seen = {
+    seen: dict[str, Any] = {} if first_delivery else {
         eid: outcome
         for eid, outcome in session.execute(
             select(ExecutionEvent.id, ExecutionEvent.outcome).where(ExecutionEvent.id.in_(ids))
@@ -274,8 +292,10 @@ def apply_batch(session: Session, envelopes: list[Envelope], now: datetime) -> B
             continue
         queued.add(env.id)
         fresh.append(env)
-    graphs = load_graphs(session, {e.execution_id for e in fresh if e.execution_id is not None}, lock=True)
-    applier = _Applier(session, now, graphs, _load_plan_info(session, graphs))
+    graphs = load_graphs(session, {e.execution_id for e in fresh if e.execution_id is not None}, lock=True,
+                         results=False)
+    _load_plans(session, graphs, memory.plans)
+    applier = _Applier(session, now, graphs, memory)
     for env in fresh:
         applier.apply(env)
     result = applier.finish()

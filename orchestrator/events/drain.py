@@ -21,6 +21,7 @@ rest is applied. A failing entry stays pending and is tried again, and once it h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db import Database, is_transient
 from orchestrator.effects import Notify, carry_out
-from orchestrator.events.apply import BatchResult, apply_batch
+from orchestrator.events.apply import BatchResult, WorkerMemory, apply_batch
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.events.lease import FencedOut, LeaseLost, ShardLease, ShardLeases, advance_fence
 from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry, store_outcome
@@ -100,6 +101,15 @@ class ShardDrainer:
         self.max_deliveries = max_deliveries
         self.dead_letters = DeadLetters(r, prefix)
         self.leases = ShardLeases(r, self.keys, lease_seconds)
+        self._grouped: set[str] = set()
+        self.memory = WorkerMemory()
+
+    def _ensure_group(self, stream: str) -> None:
+        # Once per stream and process; a Redis that lost the group (a restart without persistence)
+        # makes the read fail with NOGROUP, and the next drain comes here again (see `drain`).
+        if stream not in self._grouped:
+            ensure_group(self.redis, stream)
+            self._grouped.add(stream)
 
     def retry_after(self, shard: int) -> float | None:
         """When a drain found the lease taken: the seconds after which one more drain should run, if
@@ -118,6 +128,16 @@ class ShardDrainer:
         A drain stops after `budget_seconds` with `more` set, so that a busy shard cannot keep a
         worker process from the other shards' triggers waiting behind it in the queue.
         """
+        try:
+            return self._drain(shard, budget_seconds, max_rounds)
+        except BaseException:
+            # The trigger flag says a drain will read the stream again; this one will not, so the
+            # next accepted event must trigger one (best effort: Redis may be what failed).
+            with contextlib.suppress(redis.RedisError):
+                self.redis.delete(self.keys.trigger_flag(shard))
+            raise
+
+    def _drain(self, shard: int, budget_seconds: float, max_rounds: int) -> DrainStats:
         stats = DrainStats(shard)
         stream = self.keys.stream(shard)
         deadline = time.monotonic() + budget_seconds
@@ -127,9 +147,14 @@ class ShardDrainer:
                 stats.lease_taken = stats.batches > 0
                 return stats
             try:
-                ensure_group(self.redis, stream)
+                self._ensure_group(stream)
                 with lease.kept_alive():
                     self._drain_locked(lease, stream, stats, deadline)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._grouped.discard(stream)  # Redis lost the stream's group: make it again, go on
+                continue
             except LeaseLost as exc:
                 if not self._token_was_behind(lease, exc):
                     log.warning("shard %s: stopped draining, a newer lease holder takes over (%s)", shard, exc)
@@ -137,11 +162,14 @@ class ShardDrainer:
                     return stats
             finally:
                 lease.release()
-            # An event accepted after our last read may have found the trigger flag still set and
-            # sent no trigger. Clearing the flag first means: whatever arrives from here on triggers
-            # a drain itself, and whatever arrived before is seen by the length check.
-            self.redis.delete(self.keys.trigger_flag(shard))
-            if self.redis.xlen(stream) == 0:
+            # The trigger flag stood for this drain: events accepted while it ran sent no trigger,
+            # since it reads on until the stream is empty. Clearing it first means: whatever arrives
+            # from here on triggers a drain itself, and whatever arrived before is seen by the
+            # length check.
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.keys.trigger_flag(shard))
+            pipe.xlen(stream)
+            if pipe.execute()[1] == 0:
                 break
             if time.monotonic() >= deadline:
                 stats.more = True
@@ -154,8 +182,6 @@ class ShardDrainer:
         shard = lease.shard
         start = "0"  # first what a dead predecessor (or a failed try) read but never acknowledged
         while True:
-            if start == ">":
-                self.redis.delete(self.keys.trigger_flag(shard))
             got = lease.read(stream, start, self.batch_size)
             raw = [(eid, f) for eid, f in got if f]  # pending entries already deleted come back empty
             if not raw:
@@ -164,14 +190,9 @@ class ShardDrainer:
                 start = self._next_start(start, got)
                 continue
             entries = self._decode(shard, stream, raw, stats)
-            result, failed = self._apply_isolating(entries, lease)
+            result, failed = self._apply_isolating(entries, lease, first_delivery=start == ">")
             done = [eid for eid, _ in entries if eid not in failed]
-            if done:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.xack(stream, GROUP, *done)
-                pipe.xdel(stream, *done)
-                pipe.execute()
-            self._after_commit(result)
+            self._after_commit(result, {env.id for _, env in entries if not env.awaited}, stream, done)
             stats.batches += 1
             stats.applied += result.applied
             stats.duplicates += result.duplicates
@@ -205,8 +226,8 @@ class ShardDrainer:
                 stats.dead_lettered += 1
         return entries
 
-    def _apply_isolating(self, entries: list[Entry],
-                         lease: ShardLease) -> tuple[BatchResult, dict[bytes, BaseException]]:
+    def _apply_isolating(self, entries: list[Entry], lease: ShardLease,
+                         first_delivery: bool = False) -> tuple[BatchResult, dict[bytes, BaseException]]:
         """Apply `entries`; when the batch fails because of what it holds, apply it in halves, down to
         the single entries that fail alone. Returns the merged result and the failing entries.
 
@@ -214,7 +235,7 @@ class ShardDrainer:
         if not entries:
             return BatchResult(), {}
         try:
-            return self._apply([env for _, env in entries], lease), {}
+            return self._apply([env for _, env in entries], lease, first_delivery), {}
         except Exception as exc:
             if is_unavailable(exc) or isinstance(exc, LeaseLost):
                 raise
@@ -226,9 +247,14 @@ class ShardDrainer:
         first.merge(second)
         return first, {**failed_first, **failed_second}
 
-    def _apply(self, envelopes: list[Envelope], lease: ShardLease) -> BatchResult:
+    def _apply(self, envelopes: list[Envelope], lease: ShardLease, first_delivery: bool = False) -> BatchResult:
+        tries = 0
+
         def work(session: Session) -> BatchResult:
-            result = apply_batch(session, envelopes, utcnow())
+            nonlocal tries
+            tries += 1  # a retry may follow a commit whose answer was lost: look for the events then
+            result = apply_batch(session, envelopes, utcnow(), self.memory,
+                                 first_delivery=first_delivery and tries == 1)
             advance_fence(session, lease.shard, lease.token)  # last: after apply's row locks
             return result
 
@@ -276,11 +302,15 @@ class ShardDrainer:
                 found[row["message_id"]] = int(row["times_delivered"])
         return found
 
-    def _after_commit(self, result: BatchResult) -> None:
-        """Answer the waiting POSTs first (their agents wait on them), then the rest of the work."""
+    def _after_commit(self, result: BatchResult, unawaited: set[str], stream: str, done: list[bytes]) -> None:
+        """In one round trip, answer the waiting POSTs (their agents wait on them) and acknowledge
+        and delete the applied entries; then the rest of the work."""
         pipe = self.redis.pipeline(transaction=False)
         for eid, outcome in result.outcomes.items():
-            store_outcome(pipe, self.keys, eid, orjson.dumps(outcome))
+            store_outcome(pipe, self.keys, eid, orjson.dumps(outcome), awaited=eid not in unawaited)
+        if done:
+            pipe.xack(stream, GROUP, *done)
+            pipe.xdel(stream, *done)
         pipe.execute()
         carry_out(self.redis, self.prefix, result.after, self.notify)
 

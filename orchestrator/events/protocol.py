@@ -63,12 +63,13 @@ class Keys:
         return f"{self.prefix}dead-letters"
 
 
-def store_outcome(pipe: Any, keys: Keys, event_id: str, payload: bytes) -> None:
+def store_outcome(pipe: Any, keys: Keys, event_id: str, payload: bytes, awaited: bool = True) -> None:
     """Queue on `pipe` what makes an outcome known: stored for `GET /api/events/{id}`, and pushed to
-    the POST that may be waiting for it."""
+    the POST that may be waiting for it (`awaited`)."""
     pipe.set(keys.outcome(event_id), payload, ex=OUTCOME_SECONDS)
-    pipe.rpush(keys.reply(event_id), payload)
-    pipe.expire(keys.reply(event_id), REPLY_SECONDS)
+    if awaited:
+        pipe.rpush(keys.reply(event_id), payload)
+        pipe.expire(keys.reply(event_id), REPLY_SECONDS)
 
 
 def shard_of(routing_id: str, shards: int) -> int:
@@ -123,14 +124,20 @@ class Envelope:
     agent_id: str
     received_at: datetime
     body: dict[str, Any]
+    # A POST waits for the outcome (one event per request); a batch's events have nobody waiting,
+    # so the worker only stores their outcomes and pushes no reply.
+    awaited: bool = True
 
     @property
     def routing_id(self) -> str:
         return self.execution_id or self.agent_id
 
     def encode(self) -> bytes:
-        return orjson.dumps({"id": self.id, "execution_id": self.execution_id, "agent_id": self.agent_id,
-                             "received_at": iso(self.received_at), "body": self.body})
+        fields = {"id": self.id, "execution_id": self.execution_id, "agent_id": self.agent_id,
+                  "received_at": iso(self.received_at), "body": self.body}
+        if not self.awaited:
+            fields["w"] = 0  # absent means awaited: entries queued before this field existed
+        return orjson.dumps(fields)
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes]) -> Envelope:
@@ -138,7 +145,7 @@ class Envelope:
             raw = orjson.loads(fields[b"e"])
             received = datetime.fromisoformat(raw["received_at"].replace("Z", "+00:00"))
             env = cls(id=raw["id"], execution_id=raw["execution_id"], agent_id=raw["agent_id"],
-                      received_at=received, body=raw["body"])
+                      received_at=received, body=raw["body"], awaited=raw.get("w", 1) != 0)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
             raise MalformedEntry(str(exc)) from exc
         if not (isinstance(env.id, str) and isinstance(env.agent_id, str) and isinstance(env.body, dict)

@@ -142,3 +142,38 @@ def test_a_batch_inserts_its_events_with_their_positions(db, redis, migrated) ->
             ExecutionEvent.id.in_([e.id for e in batch])).order_by(ExecutionEvent.seq)).all()
     assert [r.id for r in rows] == [e.id for e in batch]  # in the batch's order
     assert [r.seq for r in rows] == list(range(rows[0].seq, rows[0].seq + len(batch)))
+
+
+def test_first_delivery_skips_the_lookup_and_a_retry_still_finds_what_is_stored(db, redis, migrated) -> None:
+    """The drain says "first delivery" for entries it read as new, and skips looking them up; an
+    event that is stored after all (a commit whose answer was lost) fails the first try's insert,
+    and the retry, which looks, counts it a duplicate."""
+    from orchestrator.events.apply import WorkerMemory
+
+    scene = queued_execution(db, n_subtasks=2)
+    claim(db, redis, migrated, scene, "task_0_a")
+    batch = [env(scene, {"event_type": "heartbeat"}), env(scene, {"event_type": "heartbeat"})]
+    apply(db, batch[:1])
+    tries: list[bool] = []
+
+    def work(s):
+        first = not tries
+        tries.append(first)
+        return apply_batch(s, batch, utcnow(), WorkerMemory(), first_delivery=first)
+
+    from sqlalchemy.exc import IntegrityError
+
+    result = db.transaction(work, attempts=3, retry_if=lambda exc: isinstance(exc, IntegrityError))
+    assert tries == [True, False]
+    assert (result.applied, result.duplicates) == (1, 1)
+
+
+def test_a_worker_writes_an_agents_heartbeat_at_most_every_few_seconds() -> None:
+    from orchestrator.events.apply import WorkerMemory
+
+    memory = WorkerMemory(heartbeat_every=timedelta(seconds=5))
+    t0 = utcnow()
+    assert memory.heartbeats_due({"b": t0, "a": t0}) == [("a", t0), ("b", t0)]  # sorted: one lock order
+    assert memory.heartbeats_due({"a": t0 + timedelta(seconds=4)}) == []
+    later = t0 + timedelta(seconds=5)
+    assert memory.heartbeats_due({"a": later, "c": later}) == [("a", later), ("c", later)]

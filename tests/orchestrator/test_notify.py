@@ -55,7 +55,7 @@ def test_drainer_notifies_owner_of_a_block(db, redis, migrated) -> None:
     ingestor = Ingestor(redis, migrated.redis_key_prefix, migrated.ingest_shards, trigger=triggered.append, db=db)
     accepted, = ingestor.submit(scene.agent_id, [Submission(scene.execution_id, {
         "event_type": "task_error", "task_id": "task_0_a", "error_message": "Email bounced",
-        "human_review_required": True, "suggestions": ["Call Carol"]})], utcnow())
+        "human_review_required": True, "suggestions": ["Call Carol"]})], utcnow(), awaited=True)
     notices: list[dict] = []
     drainer = ShardDrainer(db, redis, migrated.redis_key_prefix, batch_size=100, lease_seconds=5,
                            notify=notices.append)

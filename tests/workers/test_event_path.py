@@ -191,3 +191,29 @@ def test_redis_down_is_a_clean_503(db, app, client) -> None:
                        headers={"Authorization": f"Bearer {key}"})
     assert resp.status_code == 503
     assert resp.get_json()["error"]["code"] == "unavailable" and "Traceback" not in resp.get_data(as_text=True)
+
+
+def test_a_batch_stores_outcomes_and_pushes_no_reply(db, redis, migrated, live_server, worker) -> None:
+    """Nobody waits on a batch's events: the worker stores their outcomes for GET /api/events/{id}
+    and leaves no reply list behind (a POST of one event, which waits, gets its reply: 201)."""
+    from orchestrator.events.protocol import Keys, read_outcome
+
+    scene = queued_execution(db, n_subtasks=2)
+    claim(db, redis, migrated, scene, "task_0_a")
+    events = [{"agent_id": scene.agent_id, "execution_id": scene.execution_id, "event_type": "heartbeat",
+               "message": f"beat {i}"} for i in range(5)]
+    resp = requests.post(f"{live_server.url}/api/events/batch", json={"events": events},
+                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+    assert resp.status_code == 202, resp.text
+    keys = Keys(migrated.redis_key_prefix)
+    ids = [e["event_id"] for e in resp.json()["events"]]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = [read_outcome(redis.get(keys.outcome(eid))) for eid in ids]
+        if all(not pending and record for pending, record in records):
+            break
+        time.sleep(0.05)
+    assert all(record and record["applied"] for _, record in records), records
+    assert [redis.exists(keys.reply(eid)) for eid in ids] == [0] * 5
+    single = post(live_server, scene, {"event_type": "heartbeat", "message": "one"})
+    assert single.status_code == 201, single.text

@@ -157,8 +157,8 @@ def test_a_long_batch_keeps_its_lease(db, isolated, monkeypatch) -> None:
     rival_got_it: list[bool] = []
     real_apply = drain_module.apply_batch
 
-    def slow_apply(session, envelopes, now):
-        result = real_apply(session, envelopes, now)
+    def slow_apply(session, envelopes, *args, **kwargs):
+        result = real_apply(session, envelopes, *args, **kwargs)
         token = r.get(lease_key)
         for _ in range(6):  # three times the lease, inside the transaction
             time.sleep(0.5)
@@ -188,13 +188,13 @@ def test_a_late_holder_cannot_commit_over_a_new_one(db, isolated, monkeypatch) -
     a_batches: list[int] = []
     real_apply = drain_module.apply_batch
 
-    def stalling_apply(session, envelopes, now):
+    def stalling_apply(session, envelopes, *args, **kwargs):
         if threading.current_thread().name == "holder-a":
             a_batches.append(len(envelopes))
             if len(a_batches) == 1:  # stalled before any statement: it holds no database lock
                 a_inside.set()
                 assert b_done.wait(30)
-        return real_apply(session, envelopes, now)
+        return real_apply(session, envelopes, *args, **kwargs)
 
     monkeypatch.setattr(drain_module, "apply_batch", stalling_apply)
     a_stats: list = []
