@@ -12,10 +12,14 @@ import click
 
 import migrations
 from cli.events import events
+from cli.keys import keys
 from cli.plans import plans
+from cli.users import tokens, users
 from orchestrator.bootstrap import ensure_admin
 from orchestrator.db import Database
 from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from orchestrator.encryption_keys import check_keys
+from orchestrator.log_masking import install_log_masking
 from orchestrator.settings import Settings
 
 # A child that exits is restarted, unless it did so this many times within the window: then it is
@@ -29,13 +33,14 @@ def _settings() -> Settings:
 
 
 def _prepare_database(settings: Settings) -> None:
-    migrations.upgrade(settings.database_url)
-    if settings.admin_token:
-        db = Database(settings)
-        try:
+    db = Database(settings)
+    try:
+        migrations.upgrade(settings.database_url, keyring=db.keyring)
+        check_keys(db)  # keys that cannot read the stored data stop the stack before it starts
+        if settings.admin_token:
             ensure_admin(db, settings.admin_user, settings.admin_token, settings.admin_password)
-        finally:
-            db.dispose()
+    finally:
+        db.dispose()
 
 
 def _child_env(settings: Settings, redis_url: str) -> dict[str, str]:
@@ -47,10 +52,11 @@ def _child_env(settings: Settings, redis_url: str) -> dict[str, str]:
     return env
 
 
-def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str]:
+def gunicorn_argv(host: str, port: int, workers: int, threads: int, app: str = "web.wsgi:app") -> list[str]:
+    """How `orchestrator up` and `orchestrator web` run the web tier (the benches run it the same way)."""
     # gthread: each open WebSocket holds one thread, so threads bound the sockets per process.
     return [
-        sys.executable, "-m", "gunicorn", "web.wsgi:app",
+        sys.executable, "-m", "gunicorn", app,
         "--bind", f"{host}:{port}",
         "--worker-class", "gthread",
         "--workers", str(workers),
@@ -58,16 +64,19 @@ def _gunicorn_argv(host: str, port: int, workers: int, threads: int) -> list[str
         "--timeout", "120",
         "--graceful-timeout", "10",
         "--access-logfile", "-",
+        "--logger-class", "web.gunicorn_logging.MaskingLogger",  # no token or email in its log lines
     ]
 
 
-def _celery_argv(*args: str) -> list[str]:
+def celery_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "workers.main", *args]
 
 
 @click.group()
 def main() -> None:
     """Agent Execution System control plane."""
+    # Nothing configures logging for the commands: their warnings go to logging.lastResort, masked too.
+    install_log_masking()
 
 
 @main.group()
@@ -118,9 +127,9 @@ def up(host: str, port: int, web_workers: int, threads: int, concurrency: int) -
     _prepare_database(settings)
     env = _child_env(settings, redis_url)
     commands = {
-        "web": _gunicorn_argv(host, port, web_workers, threads),
-        "worker": _celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency)),
-        "beat": _celery_argv("beat", "--loglevel", settings.log_level),
+        "web": gunicorn_argv(host, port, web_workers, threads),
+        "worker": celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency)),
+        "beat": celery_argv("beat", "--loglevel", settings.log_level),
     }
     children = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
     click.echo(f"serving on http://{host}:{port}  (data in {settings.data_dir}; Ctrl-C stops)")
@@ -203,7 +212,7 @@ def _exec(argv: list[str], settings: Settings) -> None:
 @click.option("--threads", default=32, show_default=True, type=int)
 def web(host: str, port: int, workers: int, threads: int) -> None:
     """Run the web tier alone (gunicorn). Apply migrations first with `orchestrator db upgrade`."""
-    _exec(_gunicorn_argv(host, port, workers, threads), _settings())
+    _exec(gunicorn_argv(host, port, workers, threads), _settings())
 
 
 @main.command()
@@ -212,7 +221,7 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
 def worker(concurrency: int, queues: str) -> None:
     """Run a Celery worker that applies events."""
     settings = _settings()
-    _exec(_celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency),
+    _exec(celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency),
                        "--queues", queues), settings)
 
 
@@ -224,7 +233,7 @@ def beat() -> None:
     when its sweeps stop.
     """
     settings = _settings()
-    _exec(_celery_argv("beat", "--loglevel", settings.log_level), settings)
+    _exec(celery_argv("beat", "--loglevel", settings.log_level), settings)
 
 
 @main.command()
@@ -232,11 +241,14 @@ def beat() -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 def flower(port: int, address: str) -> None:
     """Run Flower, the Celery monitoring UI, for ops."""
-    _exec(_celery_argv("flower", f"--port={port}", f"--address={address}"), _settings())
+    _exec(celery_argv("flower", f"--port={port}", f"--address={address}"), _settings())
 
 
 main.add_command(plans)
 main.add_command(events)
+main.add_command(keys)
+main.add_command(users)
+main.add_command(tokens)
 
 
 if __name__ == "__main__":  # pragma: no cover

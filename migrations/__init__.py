@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 
+if TYPE_CHECKING:
+    from orchestrator.encryption import Keyring
+
 HERE = Path(__file__).parent
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, keyring: Keyring | None = None) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(HERE))
     cfg.set_main_option("path_separator", "os")
     # env.py reads this attribute before falling back to the settings from the environment.
     cfg.attributes["database_url"] = database_url
+    # 0006 encrypts (and its downgrade decrypts) stored values with these; without them, the settings' keys.
+    cfg.attributes["keyring"] = keyring
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", keyring: Keyring | None = None) -> None:
+    command.upgrade(alembic_config(database_url, keyring), revision)
 
 
-def downgrade(database_url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(database_url), revision)
+def downgrade(database_url: str, revision: str = "base", keyring: Keyring | None = None) -> None:
+    command.downgrade(alembic_config(database_url, keyring), revision)
 
 
 def check(database_url: str) -> None:

@@ -1,4 +1,4 @@
-"""API tokens and passwords: issuing, hashing, checking."""
+"""API tokens and passwords: issuing, hashing, checking, listing and revoking users' tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.models import Agent, ApiCredential, User, utcnow
 
 
@@ -35,6 +36,7 @@ def issue_credential(
     agent_id: str | None = None,
     label: str | None = None,
     token: str | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[ApiCredential, str]:
     """Store a credential and return it with the plain token, which is never stored."""
     token = token or new_token("usr" if user_id else "agt")
@@ -45,6 +47,7 @@ def issue_credential(
         user_id=user_id,
         agent_id=agent_id,
         label=label,
+        expires_at=expires_at,
     )
     session.add(cred)
     return cred, token
@@ -53,12 +56,7 @@ def issue_credential(
 def find_credential(session: Session, token: str, now: datetime | None = None) -> ApiCredential | None:
     """The live credential for `token`, or None when it is unknown, revoked or expired."""
     cred = session.scalar(select(ApiCredential).where(ApiCredential.token_hash == hash_token(token)))
-    if cred is None or cred.revoked_at is not None:
-        return None
-    now = now or utcnow()
-    if cred.expires_at is not None and cred.expires_at <= now:
-        return None
-    return cred
+    return cred if cred is not None and _live(cred, now or utcnow()) else None
 
 
 def hash_password(password: str) -> str:
@@ -75,11 +73,14 @@ def check_password(user: User, password: str) -> bool:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts for: an operator ("user") or an agent."""
+    """Who a request acts for: an operator ("user") or an agent; and, when known, through which grant
+    (the API token's credential id, or the dashboard session's id) and until when (the token's expiry)."""
 
     kind: str  # "user" | "agent"
     id: str
     is_admin: bool = False
+    via: str | None = None
+    until: datetime | None = None
 
     @property
     def is_user(self) -> bool:
@@ -93,14 +94,82 @@ class Principal:
 def authenticate(session: Session, token: str) -> Principal | None:
     """The principal a bearer token stands for, or None (unknown, revoked, expired, deactivated)."""
     cred = find_credential(session, token)
-    if cred is None:
+    return _owner(session, cred) if cred is not None else None
+
+
+def credential_principal(session: Session, credential_id: str, now: datetime | None = None) -> Principal | None:
+    """The principal of a live credential found by its id (what a stream token names), or None."""
+    cred = session.get(ApiCredential, credential_id)
+    if cred is None or not _live(cred, now or utcnow()):
         return None
+    return _owner(session, cred)
+
+
+def user_principal(session: Session, user_id: str, via: str | None = None) -> Principal | None:
+    """The principal of an active user (a dashboard session's), or None."""
+    user = session.get(User, user_id)
+    if user is None or not user.is_active:
+        return None
+    return Principal("user", user.id, user.is_admin, via=via)
+
+
+def _live(cred: ApiCredential, now: datetime) -> bool:
+    return cred.revoked_at is None and (cred.expires_at is None or cred.expires_at > now)
+
+
+def _owner(session: Session, cred: ApiCredential) -> Principal | None:
     if cred.user_id is not None:
         user = session.get(User, cred.user_id)
         if user is None or not user.is_active:
             return None
-        return Principal("user", user.id, user.is_admin)
+        return Principal("user", user.id, user.is_admin, via=cred.id, until=cred.expires_at)
     agent = session.get(Agent, cred.agent_id)
     if agent is None or not agent.is_active:
         return None
-    return Principal("agent", agent.id)
+    return Principal("agent", agent.id, via=cred.id, until=cred.expires_at)
+
+
+# -- users' tokens ------------------------------------------------------------------------------------
+
+TOKEN_NAME_MAX = 200
+
+
+def token_status(cred: ApiCredential, now: datetime | None = None) -> str:
+    if cred.revoked_at is not None:
+        return "revoked"
+    if cred.expires_at is not None and cred.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
+
+
+def issue_user_token(session: Session, user: User, name: str | None, expires_at: datetime | None,
+                     not_after: datetime | None = None, now: datetime | None = None) -> tuple[ApiCredential, str]:
+    """A new API token of `user`. `not_after` is the expiry of the token that asks for this one: a
+    token cannot mint a token that outlives it (so a short-lived token cannot become a lasting one)."""
+    now = now or utcnow()
+    if not user.is_active:
+        raise ValidationFailed(f"User {user.username} is deactivated; activate it first.", user_id=user.id)
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed("expires_at must be in the future.", field="expires_at")
+    if not_after is not None and (expires_at is None or expires_at > not_after):
+        raise ValidationFailed("A token cannot outlive the token that issues it; set an earlier expiry.",
+                               field="expires_at", not_after=not_after.isoformat())
+    if name is not None and not (0 < len(name) <= TOKEN_NAME_MAX):
+        raise ValidationFailed(f"A token's name has 1 to {TOKEN_NAME_MAX} characters.", field="name")
+    return issue_credential(session, user_id=user.id, label=name, expires_at=expires_at)
+
+
+def user_tokens(session: Session, user_id: str) -> list[ApiCredential]:
+    """Every token of the user, revoked and expired ones too, newest first."""
+    return list(session.scalars(select(ApiCredential).where(ApiCredential.user_id == user_id)
+                                .order_by(ApiCredential.created_at.desc(), ApiCredential.id.desc())))
+
+
+def revoke_user_token(session: Session, user_id: str, token_id: str, now: datetime | None = None) -> ApiCredential:
+    """Revoke token `token_id` of `user_id` (again is a no-op); NotFound when it is not that user's."""
+    cred = session.get(ApiCredential, token_id)
+    if cred is None or cred.user_id != user_id:
+        raise NotFound(f"Token {token_id} not found.", token_id=token_id)
+    if cred.revoked_at is None:
+        cred.revoked_at = now or utcnow()
+    return cred

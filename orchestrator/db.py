@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import event_positions
+from orchestrator.encryption import Keyring, use_keyring
 from orchestrator.errors import Conflict
 from orchestrator.settings import Settings
 
@@ -137,7 +138,10 @@ class Database:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # The keys of the encrypted columns, which read them through the engines' dialects.
+        self.keyring = Keyring.from_settings(settings)
         self.engine = make_engine(settings.database_url)
+        use_keyring(self.engine, self.keyring)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Every committing session numbers the events it wrote, in commit order, as it commits.
         event_positions.install(self._sessions)
@@ -147,6 +151,7 @@ class Database:
             make_engine(settings.database_url, immediate=False) if self.engine.dialect.name == "sqlite"
             else self.engine
         )
+        use_keyring(self._read_engine, self.keyring)
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @property

@@ -17,6 +17,7 @@ import redis
 
 from orchestrator.holds import queue_hold, release_holds
 from orchestrator.publish import queue_publish
+from orchestrator.ready_work import moves_work, queue_changes
 from orchestrator.state_machine import log_transition
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ class AfterCommit:
     released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, from, to)
     notifications: list[dict[str, Any]] = field(default_factory=list)  # owners to tell a person is needed
+    # Work may have become ready (or a holder's answer changed) in a way neither `released` nor
+    # `transitions` shows: an operator's resolve, say. Idle polls then look again (orchestrator/ready_work.py).
+    work_moved: bool = False
+    assigned: list[str] = field(default_factory=list)  # agents assigned an execution
 
     def release(self, execution_id: str, subtask_id: str) -> None:
         self.released.setdefault(execution_id, []).append(subtask_id)
@@ -43,18 +48,36 @@ class AfterCommit:
             self.released.setdefault(execution_id, []).extend(subtask_ids)
         self.transitions += other.transitions
         self.notifications += other.notifications
+        self.work_moved = self.work_moved or other.work_moved
+        self.assigned += other.assigned
+
+
+def queue_effects(pipe: redis.client.Pipeline, prefix: str, work: AfterCommit) -> None:
+    """Queue `work`'s Redis writes on `pipe` (none when it has none): holds, releases, stream messages,
+    and the ready-work counters (orchestrator/ready_work.py). Work released or put back, an execution
+    moved where work may follow (a transition always comes with its message) or `work_moved` raise
+    the version, and each hold handed out or execution assigned its agent's counter, so that idle
+    polls look at the database again. A writer that answers someone in a round trip of its own
+    should queue these in that same one, ahead of the answer: told that its report was applied, an
+    agent may poll at once, and must not be answered from a marker the report made stale."""
+    for execution_id, subtask_id, agent_id in work.holds:
+        queue_hold(pipe, prefix, execution_id, subtask_id, agent_id)
+    released = any(work.released.values())
+    for execution_id, subtask_ids in work.released.items():
+        release_holds(pipe, prefix, execution_id, subtask_ids)
+    queue_publish(pipe, prefix, work.messages)
+    queue_changes(pipe, prefix, work_moved=work.work_moved or released or moves_work(work.transitions),
+                  agents=[*(agent_id for _, _, agent_id in work.holds), *work.assigned])
 
 
 def carry_out(r: redis.Redis, prefix: str, work: AfterCommit, notify: Notify | None = None) -> None:
     """Do `work`. Call only once the transaction that collected it has committed: event messages
-    take their position (`seq`) from their rows here, and holds must not outlive a rollback."""
-    if work.holds or work.messages or any(work.released.values()):
+    take their position (`seq`) from their rows here, and holds must not outlive a rollback. Work
+    with only transitions and notifications, as `web.effects.after_commit` passes when Redis has
+    failed, touches no Redis."""
+    if work.holds or work.messages or any(work.released.values()) or work.work_moved or work.assigned:
         pipe = r.pipeline(transaction=False)  # every Redis write in one round trip: it is on the poll's path
-        for execution_id, subtask_id, agent_id in work.holds:
-            queue_hold(pipe, prefix, execution_id, subtask_id, agent_id)
-        for execution_id, subtask_ids in work.released.items():
-            release_holds(pipe, prefix, execution_id, subtask_ids)
-        queue_publish(pipe, prefix, work.messages)
+        queue_effects(pipe, prefix, work)
         pipe.execute()
     for execution_id, old, new in work.transitions:
         log_transition(execution_id, old, new)

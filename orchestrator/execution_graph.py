@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from orchestrator.models import Execution, ExecutionSubtask, ExecutionTask
 from orchestrator.retry import RetryPolicy
@@ -59,11 +59,14 @@ class ExecutionGraph:
 
 
 
-def load_graphs(session: Session, execution_ids: Iterable[str], *, lock: bool = True) -> dict[str, ExecutionGraph]:
+def load_graphs(session: Session, execution_ids: Iterable[str], *, lock: bool = True,
+                results: bool = True) -> dict[str, ExecutionGraph]:
     """Load executions with their tasks and subtasks: three queries however many executions.
 
     With `lock`, the execution rows are locked (FOR UPDATE on PostgreSQL; SQLite's write lock is
     already held by the unit of work), so concurrent writers to one execution take turns.
+    Without `results`, the finished work's results are not read (they are encrypted, and decrypting
+    every one of a large execution's costs its writers more than all the rest); they can still be set.
     """
     ids = sorted(set(execution_ids))
     if not ids:
@@ -72,14 +75,17 @@ def load_graphs(session: Session, execution_ids: Iterable[str], *, lock: bool = 
     if lock:
         q = q.with_for_update()
     executions = {e.id: e for e in session.scalars(q)}
+    unread = () if results else (defer(ExecutionTask.result_data), defer(ExecutionSubtask.result_data))
     tasks: dict[str, list[ExecutionTask]] = defaultdict(list)
     for t in session.scalars(
         select(ExecutionTask).where(ExecutionTask.execution_id.in_(ids)).order_by(ExecutionTask.position)
+        .options(*unread[:1])
     ):
         tasks[t.execution_id].append(t)
     subs: dict[str, list[ExecutionSubtask]] = defaultdict(list)
     for s in session.scalars(
         select(ExecutionSubtask).where(ExecutionSubtask.execution_id.in_(ids)).order_by(ExecutionSubtask.position)
+        .options(*unread[1:])
     ):
         subs[s.execution_id].append(s)
     return {

@@ -1,4 +1,10 @@
-"""Executions as the API and the dashboard show them: detail with the task tree, lists, the event log."""
+"""Executions as the API and the dashboard show them: detail with the task tree, lists, the event log.
+
+What people read here is masked (`orchestrator/masking.py`): the agents' free text and output
+(messages, errors, suggestions, output data) show emails and phone numbers as `c***@example.com`
+and `***-***-9416`. Only the execution's owner may ask for it raw (`raw=True`); anyone else asking,
+an admin included, is refused: seeing raw personal data is the owner's business.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,36 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from orchestrator.credentials import Principal
-from orchestrator.errors import NotFound
+from orchestrator.errors import Forbidden, NotFound
 from orchestrator.execution_graph import load_graphs
+from orchestrator.masking import mask_fields, mask_text
 from orchestrator.models import Execution, ExecutionEvent, PlanSubtask, PlanTask
 from orchestrator.paging import newest_first_page
 from orchestrator.publish import iso
+
+# The fields of an event, a task and a subtask that hold what agents wrote (an event's outcome repeats it).
+EVENT_PERSONAL_FIELDS = ("message", "error_message", "output_data", "suggestions", "outcome")
+TASK_PERSONAL_FIELDS = ("error_message", "suggestions")
+SUBTASK_PERSONAL_FIELDS = ("error", "result_data")
 
 
 def _visible(ex: Execution | None, principal: Principal) -> bool:
     return ex is not None and (principal.is_admin or ex.owner_id == principal.id)
 
 
-def summary(ex: Execution, current_task_title: str | None = None) -> dict[str, Any]:
+def check_raw_allowed(ex: Execution, principal: Principal) -> None:
+    """Raw (unmasked) payloads are for the execution's owner only."""
+    if ex.owner_id != principal.id:
+        raise Forbidden("Only the execution's owner may read its raw payloads; ask without raw.",
+                        execution_id=ex.id)
+
+
+def summary(ex: Execution, current_task_title: str | None = None, raw: bool = False) -> dict[str, Any]:
     total = ex.tasks_total or 0
+    status_message = ex.status_message if raw or ex.status_message is None else mask_text(ex.status_message)
     return {
         "execution_id": ex.id, "plan_id": ex.plan_id, "agent_id": ex.agent_id, "owner_id": ex.owner_id,
-        "status": ex.status, "status_message": ex.status_message,
+        "status": ex.status, "status_message": status_message,
         "progress": {"tasks_completed": ex.tasks_completed, "tasks_total": total,
                      "percent": round(100 * ex.tasks_completed / total) if total else 0,
                      "current_task_id": ex.current_task_id, "current_task_title": current_task_title},
@@ -33,18 +53,21 @@ def summary(ex: Execution, current_task_title: str | None = None) -> dict[str, A
     }
 
 
-def execution_detail(session: Session, principal: Principal, execution_id: str) -> dict[str, Any]:
+def execution_detail(session: Session, principal: Principal, execution_id: str, raw: bool = False) -> dict[str, Any]:
+    """The execution with its task tree; masked unless `raw` (the owner only: Forbidden for others)."""
     g = load_graphs(session, [execution_id], lock=False).get(execution_id)
     if g is None or not _visible(g.execution, principal):
         raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
     ex = g.execution
+    if raw:
+        check_raw_allowed(ex, principal)
     ptasks = {t.id: t for t in session.scalars(select(PlanTask).where(PlanTask.plan_id == ex.plan_id))}
     psubs = {s.id: s for s in session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id))}
     current = ptasks.get(ex.current_task_id or "")
     tasks = []
     for task in g.tasks.values():
         pt = ptasks[task.plan_task_id]
-        tasks.append({
+        tasks.append(_task_view({
             "task_id": pt.id, "title": pt.title, "phase_id": pt.phase_id, "phase_title": pt.phase_title,
             "status": task.status, "progress_percent": task.progress_percent,
             "subtasks_completed": task.subtasks_completed, "subtasks_total": task.subtasks_total,
@@ -59,8 +82,16 @@ def execution_detail(session: Session, principal: Principal, execution_id: str) 
                  "started_at": iso(s.started_at), "completed_at": iso(s.completed_at)}
                 for s in g.subtasks_of(task)
             ],
-        })
-    return {**summary(ex, current.title if current else None), "tasks": tasks}
+        }, raw))
+    return {**summary(ex, current.title if current else None, raw), "tasks": tasks}
+
+
+def _task_view(task: dict[str, Any], raw: bool) -> dict[str, Any]:
+    if raw:
+        return task
+    task = mask_fields(task, TASK_PERSONAL_FIELDS)
+    task["subtasks"] = [mask_fields(s, SUBTASK_PERSONAL_FIELDS) for s in task["subtasks"]]
+    return task
 
 
 def list_executions(session: Session, principal: Principal, status: str | None, limit: int,
@@ -80,8 +111,9 @@ def list_executions(session: Session, principal: Principal, status: str | None, 
     return items, next_cursor
 
 
-def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:
-    return {
+def event_to_dict(ev: ExecutionEvent, raw: bool = False) -> dict[str, Any]:
+    """The event as the log shows it: masked unless `raw`."""
+    view = {
         "event_id": ev.id, "execution_id": ev.execution_id, "agent_id": ev.agent_id, "source": ev.source,
         "event_type": ev.event_type, "task_id": ev.task_id, "subtask_id": ev.subtask_id, "status": ev.status,
         "message": ev.message, "output_data": ev.output_data, "error_type": ev.error_type,
@@ -89,13 +121,18 @@ def event_to_dict(ev: ExecutionEvent) -> dict[str, Any]:
         "suggestions": ev.suggestions, "outcome": ev.outcome, "timestamp": iso(ev.timestamp),
         "agent_timestamp": iso(ev.agent_timestamp),
     }
+    return view if raw else mask_fields(view, EVENT_PERSONAL_FIELDS)
 
 
 def list_events(session: Session, principal: Principal, execution_id: str, limit: int, before: str | None,
-                event_type: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-    """Newest first in commit order (`seq`); `before` is the last event id of the previous page."""
-    if not _visible(session.get(Execution, execution_id), principal):
+                event_type: str | None = None, raw: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first in commit order (`seq`); `before` is the last event id of the previous page. Masked
+    unless `raw` (the owner only: Forbidden for others)."""
+    ex = session.get(Execution, execution_id)
+    if ex is None or not _visible(ex, principal):
         raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    if raw:
+        check_raw_allowed(ex, principal)
     # A NULL seq (an uncommitted row: never visible here) would sort as the newest, then by id.
     q = (select(ExecutionEvent).where(ExecutionEvent.execution_id == execution_id)
          .order_by(ExecutionEvent.seq.desc().nulls_first(), ExecutionEvent.id.desc()).limit(limit + 1))
@@ -112,4 +149,4 @@ def list_events(session: Session, principal: Principal, execution_id: str, limit
     rows = list(session.scalars(q))
     more = len(rows) > limit
     rows = rows[:limit]
-    return [event_to_dict(r) for r in rows], rows[-1].id if more else None
+    return [event_to_dict(r, raw) for r in rows], rows[-1].id if more else None

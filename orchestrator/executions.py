@@ -141,7 +141,7 @@ def announce_created(session: Session, ex: Execution, now: datetime) -> Change:
     title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
                                                         PlanTask.id == ex.current_task_id))
     messages = [*(event_message(ev, ex.owner_id) for ev in events), execution_update(ex, title, now)]
-    return Change(ex.id, ex.status, AfterCommit(messages=messages))
+    return Change(ex.id, ex.status, AfterCommit(messages=messages, assigned=[ex.agent_id] if ex.agent_id else []))
 
 
 def owned_graph(session: Session, principal: Principal, execution_id: str) -> ExecutionGraph:
@@ -167,6 +167,9 @@ def _finish(g: ExecutionGraph, change: Change, now: datetime) -> Change:
     ex = g.execution
     change.status = ex.status
     change.after.messages.append(execution_update(ex, None, now))
+    change.after.work_moved = True  # a resolve may make work ready without a transition
+    if ex.agent_id:  # the assigned agent may now have work where its idle polls did not look
+        change.after.assigned.append(ex.agent_id)
     return change
 
 

@@ -1,5 +1,11 @@
 """Short-lived signed tokens (JWT, HS256) that open the live stream: a browser cannot send an
-Authorization header on a WebSocket, so it asks for one of these and puts it in the URL."""
+Authorization header on a WebSocket, so it asks for one of these and puts it in the URL.
+
+A stream token names the grant it was issued through (`via`: the API token's credential id or the
+dashboard session's id) and ends no later than that grant's expiry; the web tier checks at connect
+time that the grant is still live, so a revoked token, an ended session or a deactivated user
+cannot open a stream with a token issued before.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,12 @@ class StreamToken:
 
 def issue_stream_token(secret: str, principal: Principal, now: datetime) -> StreamToken:
     expires = now + LIFETIME
-    token = jwt.encode({"sub": principal.id, "adm": principal.is_admin, "aud": AUDIENCE, "iat": now,
-                        "exp": expires}, secret, algorithm="HS256")
+    if principal.until is not None:
+        expires = min(expires, principal.until)
+    claims = {"sub": principal.id, "adm": principal.is_admin, "aud": AUDIENCE, "iat": now, "exp": expires}
+    if principal.via is not None:
+        claims["via"] = principal.via
+    token = jwt.encode(claims, secret, algorithm="HS256")
     return StreamToken(token, expires)
 
 
@@ -38,4 +48,5 @@ def verify_stream_token(secret: str, token: str | None) -> Principal:
         raise Unauthorized("The stream token has expired.") from exc
     except jwt.InvalidTokenError as exc:
         raise Unauthorized("The stream token is not valid.") from exc
-    return Principal("user", claims["sub"], bool(claims.get("adm")))
+    via = claims.get("via")
+    return Principal("user", claims["sub"], bool(claims.get("adm")), via=via if isinstance(via, str) else None)

@@ -17,6 +17,9 @@ while messages are built inside it. So the contract is:
   published). The row reference itself is never serialised;
 - a message that lost its row (copied into a new dict) keeps the `seq` it was built with: None
   if built before the commit. Pass the messages to `publish()` as they were returned.
+
+People watch the stream: the agents' text in a message (`message`, `status_message`) is masked
+(`orchestrator/masking.py`) where the message is built, once for every socket that gets it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import redis
 from sqlalchemy import inspect
 
 from orchestrator.event_positions import commit_range
+from orchestrator.masking import mask_text
 from orchestrator.models import Execution, ExecutionEvent
 
 INTERNAL_KEYS = frozenset({"owner_id", "commit_range"})  # routing and ordering; never sent to a client
@@ -49,7 +53,7 @@ def execution_update(ex: Execution, current_task_title: str | None, now: datetim
         "type": "execution_update",
         "execution_id": ex.id,
         "status": ex.status,
-        "status_message": ex.status_message,
+        "status_message": _masked(ex.status_message),
         "progress": {
             "tasks_completed": ex.tasks_completed,
             "tasks_total": total,
@@ -60,6 +64,10 @@ def execution_update(ex: Execution, current_task_title: str | None, now: datetim
         "timestamp": iso(now),
         "owner_id": ex.owner_id,
     }
+
+
+def _masked(text: str | None) -> str | None:
+    return mask_text(text) if text else text
 
 
 class EventMessage(dict[str, Any]):
@@ -83,7 +91,7 @@ def event_message(ev: ExecutionEvent, owner_id: str) -> dict[str, Any]:
         "task_id": ev.task_id,
         "subtask_id": ev.subtask_id,
         "status": ev.status,
-        "message": ev.message,
+        "message": _masked(ev.message),  # masked once here, for every socket (people watch the stream)
         "timestamp": iso(ev.timestamp),
         "owner_id": owner_id,
     })

@@ -2,9 +2,11 @@
 
 Ready means: QUEUED, every prerequisite done (`waiting_on == 0`), past any retry backoff, in an
 execution that is QUEUED or RUNNING and not being paused or cancelled, assigned to this agent or to
-none, with an action the agent supports. On PostgreSQL the candidate row is taken with
-`FOR UPDATE SKIP LOCKED`, so concurrent pollers pass over each other's claims instead of waiting or
-colliding; on SQLite the unit of work's BEGIN IMMEDIATE serialises claimers.
+none, with an action the agent supports. A claim locks the candidate's execution first, as every
+writer of an execution's rows does, and reads the subtask again under that lock, so two claims of
+one subtask cannot both see it ready. On PostgreSQL the lock is taken with `FOR UPDATE SKIP LOCKED`:
+concurrent pollers pass over executions other transactions hold instead of queueing behind them;
+on SQLite the unit of work's BEGIN IMMEDIATE serialises claimers.
 
 A claim is not final until its agent acknowledges it: the worker stamps `acknowledged_at` when it
 applies the agent's first event about the subtask. Until then the committed claim may be one whose
@@ -16,11 +18,13 @@ CLAIM_ACK_SECONDS without costing an attempt (orchestrator/sweeper.py).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, or_, select
+from sqlalchemy import Row, Select, String, and_, bindparam, case, func, or_, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from orchestrator.agents import capability_actions
@@ -29,48 +33,133 @@ from orchestrator.errors import Forbidden, NotFound
 from orchestrator.execution_graph import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
 from orchestrator.publish import execution_update
-from orchestrator.state_machine import ExecutionStatus, SubtaskStatus
+from orchestrator.ready_work import Pool
+from orchestrator.state_machine import FINISHED_STATES, ExecutionStatus, SubtaskStatus
 from orchestrator.transitions import move_execution
 
 CONTEXT_ITEMS = 5
-# Candidates one poll tries when the first turns out unfit once locked (a race with a person).
-MAX_CANDIDATES = 5
+# Ready subtasks a claim reads at once (in the order they are handed out), and how many of their
+# executions, at most, it may lock one of.
+CANDIDATES = 100
+MAX_EXECUTIONS = 20
+# How long a poll that saw ready work only in executions other transactions held (and the polls of
+# its pool) is answered 204 without looking again: what it would have been answered meanwhile but
+# for a lock let go in that time, without the database's work.
+BUSY_RECHECK = timedelta(milliseconds=50)
 
 
 @dataclass
 class ClaimResult:
     payload: dict[str, Any] | None  # the guide's 200 body, or None for 204
     after: AfterCommit = field(default_factory=AfterCommit)
+    # With a 204 (orchestrator/ready_work.py): when a subtask this agent could do becomes ready
+    # without a commit to announce it (the end of a retry backoff; `now` when this poll is unsure);
+    # None when there is none. And the agent's pool when it is free: it holds nothing and has no
+    # unfinished execution assigned, so it can only be offered its pool's unassigned work.
+    next_ready_at: datetime | None = None
+    free_in: Pool | None = None
 
 
-def _candidate(session: Session, agent_id: str, actions: set[str] | None, now: datetime,
-               passed: set[str], owner_id: str | None = None) -> ExecutionSubtask | None:
-    q = (
-        select(ExecutionSubtask)
-        .join(Execution, Execution.id == ExecutionSubtask.execution_id)
-        .where(
-            ExecutionSubtask.status == SubtaskStatus.QUEUED,
-            ExecutionSubtask.waiting_on == 0,
-            or_(ExecutionSubtask.not_before.is_(None), ExecutionSubtask.not_before <= now),
-            Execution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]),
-            Execution.pause_requested.is_(False),
-            Execution.cancel_requested.is_(False),
-            or_(Execution.agent_id.is_(None), Execution.agent_id == agent_id),
-        )
-        .order_by(ExecutionSubtask.priority, Execution.created_at, Execution.id, ExecutionSubtask.position)
-        .limit(1)
+def _waiting_for(q: Select[Any], with_agent: bool, with_owner: bool, with_actions: bool) -> Select[Any]:
+    """`q` (on ExecutionSubtask) narrowed to QUEUED subtasks with no prerequisite left that agent
+    `:agent_id` may do: in an execution that runs and is not being paused or cancelled, assigned to
+    it or to none (without `with_agent`: to none), of its owner `:owner_id`, with one of `:actions`.
+    Their retry backoff is left to the caller. Built once per shape, with bound parameters, so that
+    a poll neither builds nor compiles SQL (`_params` fills them in)."""
+    q = q.join(Execution, Execution.id == ExecutionSubtask.execution_id).where(
+        ExecutionSubtask.status == SubtaskStatus.QUEUED,
+        ExecutionSubtask.waiting_on == 0,
+        Execution.status.in_([ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]),
+        Execution.pause_requested.is_(False),
+        Execution.cancel_requested.is_(False),
+        or_(Execution.agent_id.is_(None), Execution.agent_id == bindparam("agent_id")) if with_agent
+        else Execution.agent_id.is_(None),
     )
-    if owner_id is not None:  # an operator's agent works only on that operator's executions
-        q = q.where(Execution.owner_id == owner_id)
-    if passed:  # candidates this poll already found unfit once locked
-        q = q.where(ExecutionSubtask.id.not_in(sorted(passed)))
-    if actions is not None:
+    if with_owner:  # an operator's agent works only on that operator's executions
+        q = q.where(Execution.owner_id == bindparam("owner_id"))
+    if with_actions:
         q = q.join(PlanSubtask, and_(PlanSubtask.plan_id == ExecutionSubtask.plan_id,
                                      PlanSubtask.id == ExecutionSubtask.plan_subtask_id)).where(
-            PlanSubtask.action.in_(sorted(actions)))
-    if session.get_bind().dialect.name == "postgresql":
-        q = q.with_for_update(skip_locked=True, of=ExecutionSubtask)
-    return session.scalar(q)
+            PlanSubtask.action.in_(bindparam("actions", expanding=True)))
+    return q
+
+
+def _params(agent_id: str | None, owner_id: str | None, actions: set[str] | None, now: datetime) -> dict[str, Any]:
+    params: dict[str, Any] = {"now": now}
+    if agent_id is not None:
+        params["agent_id"] = agent_id
+    if owner_id is not None:
+        params["owner_id"] = owner_id
+    if actions is not None:
+        params["actions"] = sorted(actions)
+    return params
+
+
+@functools.cache
+def _readiness_query(with_agent: bool, with_owner: bool, with_actions: bool) -> Select[Any]:
+    """Whether a subtask the agent could do is ready at `:now` (1) or not (0, NULL when none waits),
+    and when the first one held back by a retry backoff becomes ready (NULL when none is)."""
+    now = bindparam("now", type_=ExecutionSubtask.not_before.type)
+    not_before = ExecutionSubtask.not_before
+    ready = func.max(case((or_(not_before.is_(None), not_before <= now), 1), else_=0))
+    return _waiting_for(select(ready, func.min(case((not_before > now, not_before)))),
+                        with_agent, with_owner, with_actions)
+
+
+def _readiness(session: Session, params: dict[str, Any]) -> tuple[bool, datetime | None]:
+    q = _readiness_query("agent_id" in params, "owner_id" in params, "actions" in params)
+    ready, backoff_ends = session.execute(q, params).one()
+    return bool(ready), backoff_ends
+
+
+def pool_readiness(session: Session, pool: Pool, now: datetime) -> tuple[bool, datetime | None]:
+    """Whether unassigned work that `pool`'s agents could do is ready at `now`, and when the first
+    retry backoff among it ends: one unlocked query (orchestrator/ready_work.py)."""
+    return _readiness(session, _params(None, pool.owner_id, pool.actions, now))
+
+
+@functools.cache
+def _candidates_query(with_owner: bool, with_actions: bool) -> Select[Any]:
+    # Ids only: the rows are read again once their execution is locked, and an object loaded now
+    # would stay in the session as it was, however much it had changed by then.
+    return _waiting_for(select(ExecutionSubtask.execution_id, ExecutionSubtask.plan_subtask_id),
+                        True, with_owner, with_actions).where(
+        or_(ExecutionSubtask.not_before.is_(None), ExecutionSubtask.not_before <= bindparam("now")),
+    ).order_by(ExecutionSubtask.priority, Execution.created_at, Execution.id,
+               ExecutionSubtask.position).limit(CANDIDATES)
+
+
+def _candidates(session: Session, params: dict[str, Any]) -> dict[str, list[str]]:
+    """The first ready subtasks, in the order they are handed out, by execution: a plain read, which
+    locks nothing."""
+    found: dict[str, list[str]] = {}
+    for execution_id, subtask_id in session.execute(
+            _candidates_query("owner_id" in params, "actions" in params), params):
+        found.setdefault(execution_id, []).append(subtask_id)
+    return found
+
+
+@functools.cache
+def _lock_first_free_query() -> Select[Any]:
+    ids = bindparam("ids", type_=postgresql.ARRAY(String))
+    return (select(Execution.id).where(Execution.id == func.any(ids)).order_by(func.array_position(ids, Execution.id))
+            .limit(1).with_for_update(skip_locked=True))
+
+
+def _lock_first_free(session: Session, execution_ids: list[str]) -> str | None:
+    """Lock the first of `execution_ids` that no other transaction holds; None when all are held.
+    SQLite's write lock is held already: the first is free."""
+    if session.get_bind().dialect.name != "postgresql":
+        return execution_ids[0]
+    return session.scalar(_lock_first_free_query(), {"ids": execution_ids})
+
+
+@functools.cache
+def _agent_query() -> Select[Any]:
+    """The agent, and whether an execution that has not finished is assigned to it."""
+    assigned = select(Execution.id).where(
+        Execution.agent_id == Agent.id, Execution.status.not_in(sorted(FINISHED_STATES))).exists()
+    return select(Agent, assigned).where(Agent.id == bindparam("agent_id"))
 
 
 def _summary(title: str, result: dict[str, Any] | None) -> str:
@@ -78,11 +167,20 @@ def _summary(title: str, result: dict[str, Any] | None) -> str:
     return f"{title}: {note}" if note else title
 
 
+@functools.cache
+def _titles_query() -> Select[Any]:
+    """The plan's goal and its subtasks' titles: what the context needs, without decrypting every
+    subtask's params (nor the plan's context)."""
+    return (select(PlanSubtask.id, PlanSubtask.title, Plan.goal).join(Plan, Plan.id == PlanSubtask.plan_id)
+            .where(PlanSubtask.plan_id == bindparam("plan_id")))
+
+
 def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: dict[str, Any]) -> dict[str, Any]:
     ex = g.execution
-    plan = session.get(Plan, ex.plan_id)
-    psubs = {s.id: s for s in session.scalars(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id))}
-    ps = psubs[sub.plan_subtask_id]
+    rows = session.execute(_titles_query(), {"plan_id": ex.plan_id}).all()
+    titles = {row.id: row.title for row in rows}
+    ps = session.scalar(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id,
+                                                  PlanSubtask.id == sub.plan_subtask_id))
     done = sorted((s for s in g.subtasks.values() if s.status == SubtaskStatus.COMPLETE),
                   key=lambda s: (s.completed_at or s.started_at or ex.created_at, s.position))
     upcoming = [s for s in g.subtasks.values() if s.status not in DONE_SUBTASK and s is not sub
@@ -101,26 +199,30 @@ def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: 
             "attempt": sub.attempt,
             "max_attempts": sub.max_attempts,
             "context": {
-                "plan_goal": plan.goal if plan else None,
-                "previous_tasks": [_summary(psubs[s.plan_subtask_id].title, s.result_data)
-                                   for s in done[-CONTEXT_ITEMS:]],
-                "upcoming_tasks": [psubs[s.plan_subtask_id].title for s in upcoming[:CONTEXT_ITEMS]],
+                "plan_goal": rows[0].goal,
+                "previous_tasks": [_summary(titles[s.plan_subtask_id], s.result_data) for s in done[-CONTEXT_ITEMS:]],
+                "upcoming_tasks": [titles[s.plan_subtask_id] for s in upcoming[:CONTEXT_ITEMS]],
             },
         },
         **force,
     }
 
 
-def _held(session: Session, agent_id: str) -> list[Row[Any]]:
-    """What the agent holds (RUNNING subtasks), with their executions' pause and cancel state: the
-    holder index's one query, which every poll makes."""
-    return list(session.execute(
+@functools.cache
+def _held_query() -> Select[Any]:
+    return (
         select(ExecutionSubtask.execution_id, ExecutionSubtask.plan_subtask_id, ExecutionSubtask.claimed_at,
                ExecutionSubtask.acknowledged_at, Execution.status, Execution.pause_requested,
                Execution.cancel_requested)
         .join(Execution, Execution.id == ExecutionSubtask.execution_id)
-        .where(ExecutionSubtask.agent_id == agent_id, ExecutionSubtask.status == SubtaskStatus.RUNNING)
-    ).all())
+        .where(ExecutionSubtask.agent_id == bindparam("agent_id"), ExecutionSubtask.status == SubtaskStatus.RUNNING)
+    )
+
+
+def _held(session: Session, agent_id: str) -> list[Row[Any]]:
+    """What the agent holds (RUNNING subtasks), with their executions' pause and cancel state: the
+    holder index's one query, which every poll makes."""
+    return list(session.execute(_held_query(), {"agent_id": agent_id}).all())
 
 
 def _force_flags(session: Session, held: list[Row[Any]], result: ClaimResult, now: datetime) -> dict[str, Any]:
@@ -182,17 +284,21 @@ def _still_ready(g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: d
     )
 
 
-def claim_work(session: Session, agent_id: str, supported_actions: set[str] | None, now: datetime) -> ClaimResult:
-    """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a heartbeat.
+def claim_work(session: Session, agent_id: str, supported_actions: set[str] | None, now: datetime,
+               heartbeat_every: timedelta = timedelta(0)) -> ClaimResult:
+    """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a
+    heartbeat, written when the last one is `heartbeat_every` old (the poll of an idle agent then
+    writes nothing, and its transaction commits without a write).
 
     `supported_actions` None means the agent's registered capabilities, or any action when it has none.
     While the agent holds work in a paused or cancelled execution it is told so (force_pause /
     force_cancel) and given nothing new; held work of a cancelled execution is released (SKIPPED).
     Otherwise a claim the agent has not acknowledged is answered again before anything new is looked for.
     """
-    agent = session.get(Agent, agent_id)
-    if agent is None:
+    row = session.execute(_agent_query(), {"agent_id": agent_id}).first()
+    if row is None:
         raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
+    agent, assigned = row
     if not agent.is_active:
         raise Forbidden(f"Agent {agent_id} is deactivated.", agent_id=agent_id)
     result = ClaimResult(payload=None)
@@ -201,39 +307,75 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     forced = force["force_pause"] or force["force_cancel"]
     actions = supported_actions if supported_actions is not None else (capability_actions(agent) or None)
     if not forced and _redeliver(session, agent_id, held, actions, result):
-        agent.last_heartbeat = now
+        _heartbeat(agent, now, heartbeat_every)
         return result
     claimed: tuple[ExecutionGraph, ExecutionSubtask] | None = None
-    passed: set[str] = set()
-    for _ in range(0 if forced else MAX_CANDIDATES):
-        sub = _candidate(session, agent_id, actions, now, passed, agent.owner_id)
-        if sub is None:
-            break
-        # Lock order: the subtask row (SKIP LOCKED) and then its execution; every other writer locks
-        # executions first and never touches a QUEUED, ready row, so the two orders cannot deadlock.
-        g = load_graphs(session, [sub.execution_id], lock=True)[sub.execution_id]
-        sub = g.subtasks[sub.plan_subtask_id]
-        if _still_ready(g, sub, agent_id, now):
-            claimed = (g, sub)
-            break
-        passed.add(sub.id)
+    ready, backoff_ends = False, None
+    if not forced:
+        params = _params(agent_id, agent.owner_id, actions, now)
+        # One unlocked look first: when nothing is ready, as for most polls, that is all they cost.
+        ready, backoff_ends = _readiness(session, params)
+        if ready:
+            claimed = _claim_candidate(session, agent_id, params, now)
     if claimed is not None:
-        g, sub = claimed
-        ex = g.execution
-        before = (ex.status, ex.current_task_id)
-        start_subtask(g, sub, agent_id, now)
-        if ex.status == ExecutionStatus.QUEUED:
-            move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
-        result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))
-        result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
-        if (ex.status, ex.current_task_id) != before:  # the dashboard shows status and current task only
-            title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
-                                                                PlanTask.id == ex.current_task_id))
-            result.after.messages.append(execution_update(ex, title, now))
+        _hand_out(session, *claimed, agent_id, now, result)
     elif forced:
         result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
                           **force}
+    else:
+        # Ready work it could not claim is another transaction's now (a claimer's, the worker's),
+        # which may leave it ready without a word: look again shortly, not at once. Polls of the
+        # pool until then would have found the same (its ready work all held), at the cost of a look.
+        result.next_ready_at = now + BUSY_RECHECK if ready else backoff_ends
+        if not held and not assigned:
+            result.free_in = Pool(agent.owner_id, frozenset(actions) if actions is not None else None)
     # Last, so the agent row is locked after the execution rows, in the same order as the event
     # worker (executions, then agents' heartbeats): updated first, it deadlocked with the worker.
-    agent.last_heartbeat = now
+    _heartbeat(agent, now, heartbeat_every)
     return result
+
+
+def _hand_out(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: datetime,
+              result: ClaimResult) -> None:
+    """The claim itself, on the locked execution: the subtask is the agent's, and the answer says so."""
+    ex = g.execution
+    before = (ex.status, ex.current_task_id)
+    start_subtask(g, sub, agent_id, now)
+    if ex.status == ExecutionStatus.QUEUED:
+        move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
+    result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))
+    result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
+    if (ex.status, ex.current_task_id) != before:  # the dashboard shows status and current task only
+        title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
+                                                            PlanTask.id == ex.current_task_id))
+        result.after.messages.append(execution_update(ex, title, now))
+
+
+def _claim_candidate(session: Session, agent_id: str, params: dict[str, Any],
+                     now: datetime) -> tuple[ExecutionGraph, ExecutionSubtask] | None:
+    """Lock the first execution with ready subtasks that no other transaction holds, and return it
+    with the first of those subtasks still ready once it is locked; None when there is none.
+
+    Executions are locked first, as every writer does, and never waited for: the claimers of one
+    execution's subtasks would queue up behind each other (and behind the event worker), each
+    holding a thread and a connection. Concurrent claimers spread over the executions with ready
+    work instead. One that finds them all held answers 204 and looks again shortly (BUSY_RECHECK)."""
+    found = _candidates(session, params)
+    order = list(found)[:MAX_EXECUTIONS]
+    while order:
+        execution_id = _lock_first_free(session, order)
+        if execution_id is None:
+            return None
+        # Read under the lock: a claim that committed meanwhile shows here.
+        g = load_graphs(session, [execution_id], lock=True)[execution_id]
+        for subtask_id in found[execution_id]:
+            if _still_ready(g, g.subtasks[subtask_id], agent_id, now):
+                return g, g.subtasks[subtask_id]
+        order.remove(execution_id)
+    return None
+
+
+def _heartbeat(agent: Agent, now: datetime, every: timedelta) -> None:
+    last = agent.last_heartbeat
+    if last is None or last <= now - every:
+        agent.last_heartbeat = now

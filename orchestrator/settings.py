@@ -7,6 +7,7 @@
 | REDIS_URL | (unset: embedded Redis on a unix socket in the data dir) | broker, event streams, pub/sub |
 | REDIS_KEY_PREFIX | orch: | prefix of every key this program writes, so that runs can share a Redis |
 | SECRET_KEY | (generated once, kept in the data dir) | signs sessions and stream tokens |
+| ENCRYPTION_KEYS | (generated once, kept in the data dir) | Fernet keys of personal data at rest, newest first |
 | ORCHESTRATOR_ADMIN_TOKEN | (unset) | creates or updates an admin user whose API token it is |
 | ORCHESTRATOR_ADMIN_USER | admin | user name of that admin |
 | ORCHESTRATOR_ADMIN_PASSWORD | (unset) | that admin's dashboard password |
@@ -19,6 +20,7 @@
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | CLAIM_ACK_SECONDS | 60 | a claim with no report from its agent this long goes back to the queue, attempt unchanged |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
+| POLL_IDLE_SECONDS | 30 | how long, at most, an idle agent's polls are answered from Redis while no work moves |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
 | LOG_LEVEL | INFO | |
 | DECOMPOSER | auto | template, llm, or auto (llm when LLM_BASE_URL is set) |
@@ -31,6 +33,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import secrets
@@ -77,6 +80,48 @@ def _load_or_create_secret(data_dir: Path) -> str:
     return key
 
 
+ENCRYPTION_KEY_FILE = "encryption_keys"
+
+
+def read_encryption_keys(path: Path) -> tuple[str, ...]:
+    """The keys of an `encryption_keys` file: one a line, newest first."""
+    return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def _write_temporary(path: Path, keys: tuple[str, ...]) -> Path:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("".join(f"{key}\n" for key in keys))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def write_encryption_keys(path: Path, keys: tuple[str, ...]) -> None:
+    """Replace the key file at once: a reader sees the old list or the new one, never half of it."""
+    os.replace(_write_temporary(path, keys), path)
+
+
+def _load_or_create_encryption_keys(data_dir: Path) -> tuple[str, ...]:
+    # Kept beside the data, as the secret key is, since every process must read what the others
+    # wrote. Written whole under a temporary name and linked into place, so that of two processes
+    # starting at once one creates the file and the other reads that file complete.
+    path = data_dir / ENCRYPTION_KEY_FILE
+    if path.exists():
+        return read_encryption_keys(path)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode("ascii")  # a Fernet key: 32 random bytes
+    tmp = _write_temporary(path, (key,))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return read_encryption_keys(path)
+    finally:
+        tmp.unlink()
+    return (key,)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -84,6 +129,8 @@ class Settings:
     redis_url: str | None
     redis_key_prefix: str
     secret_key: str
+    encryption_keys: tuple[str, ...]
+    encryption_key_file: Path | None  # None when ENCRYPTION_KEYS gives the keys
     admin_token: str | None
     admin_user: str
     admin_password: str | None
@@ -96,6 +143,7 @@ class Settings:
     heartbeat_window_seconds: int
     claim_ack_seconds: int
     sweep_interval_seconds: int
+    poll_idle_seconds: float
     log_level: str
     max_body_bytes: int
     decomposer: str
@@ -111,12 +159,15 @@ class Settings:
         data_dir = Path(env.get("ORCHESTRATOR_DATA_DIR") or "var").resolve()
         database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'orchestrator.db'}"
         secret = env.get("SECRET_KEY") or _load_or_create_secret(data_dir)
+        env_keys = tuple(k.strip() for k in (env.get("ENCRYPTION_KEYS") or "").split(",") if k.strip())
         return cls(
             data_dir=data_dir,
             database_url=database_url,
             redis_url=env.get("REDIS_URL") or None,
             redis_key_prefix=env.get("REDIS_KEY_PREFIX", "orch:"),
             secret_key=secret,
+            encryption_keys=env_keys or _load_or_create_encryption_keys(data_dir),
+            encryption_key_file=None if env_keys else data_dir / ENCRYPTION_KEY_FILE,
             admin_token=env.get("ORCHESTRATOR_ADMIN_TOKEN") or None,
             admin_user=env.get("ORCHESTRATOR_ADMIN_USER") or "admin",
             admin_password=env.get("ORCHESTRATOR_ADMIN_PASSWORD") or None,
@@ -129,6 +180,7 @@ class Settings:
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
             claim_ack_seconds=max(1, _int(env, "CLAIM_ACK_SECONDS", 60)),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
+            poll_idle_seconds=max(0.0, _float(env, "POLL_IDLE_SECONDS", 30.0)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),
             decomposer=(env.get("DECOMPOSER") or "auto").lower(),

@@ -1,4 +1,4 @@
-"""`orchestrator beat` as production runs it: SECRET_KEY given, no data folder, a real Redis.
+"""`orchestrator beat` as production runs it: SECRET_KEY and ENCRYPTION_KEYS given, no data folder, a real Redis.
 
 Beat used to die at start there (its schedule file's folder was never created); it now keeps no file.
 """
@@ -35,6 +35,7 @@ def beat_settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"orchbeat:{secrets.token_hex(3)}:",
         "SECRET_KEY": "beat-test-secret-key-long-enough-for-hs256",
+        "ENCRYPTION_KEYS": "Aek7f1l7u9sV6PZl1x7n2oW7bB4bSmrWm8VqZfU2rQ8=",
         "SWEEP_INTERVAL_SECONDS": "1",
     })
     yield settings

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 import migrations
 from orchestrator.db import Database, make_engine
+from orchestrator.encryption import Keyring, new_key
 from orchestrator.execution_graph import load_graphs, start_subtask
 from orchestrator.executions import create_execution
 from orchestrator.models import Base, ExecutionSubtask
@@ -77,6 +78,7 @@ def test_hot_query_indexes_exist(scratch_url: str) -> None:
 
 def test_event_positions_backfill_in_acceptance_order(scratch_url: str) -> None:
     """0002 numbers the events already stored by (timestamp, id) and seeds the counter after them."""
+    keyring = Keyring([new_key()])  # 0006 encrypts the plan's context on the way up, decrypts it on the way down
     migrations.upgrade(scratch_url, "0001")
     engine = make_engine(scratch_url, immediate=False)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -94,7 +96,7 @@ def test_event_positions_backfill_in_acceptance_order(scratch_url: str) -> None:
                 conn.execute(text("INSERT INTO execution_events (id, execution_id, source, event_type, "
                                   "human_review_required, timestamp) VALUES (:id, 'x', 'system', 'note', false, :t)"),
                              {"id": eid, "t": ts.replace(tzinfo=None) if engine.dialect.name == "sqlite" else ts})
-        migrations.upgrade(scratch_url)
+        migrations.upgrade(scratch_url, keyring=keyring)
         with engine.connect() as conn:
             order = conn.execute(text("SELECT id, seq FROM execution_events ORDER BY seq")).all()
             counter = conn.execute(text("SELECT id, last_seq FROM event_positions")).all()
@@ -102,8 +104,8 @@ def test_event_positions_backfill_in_acceptance_order(scratch_url: str) -> None:
         engine.dispose()
     assert order == [("evt_b", 1), ("evt_c", 2), ("evt_a", 3), ("evt_0", 4)]
     assert counter == [(1, 4)]
-    migrations.downgrade(scratch_url, "0001")
-    migrations.upgrade(scratch_url)
+    migrations.downgrade(scratch_url, "0001", keyring=keyring)
+    migrations.upgrade(scratch_url, keyring=keyring)
 
 
 def test_claims_made_before_acknowledgements_count_as_acknowledged(scratch_url: str, base_settings: Settings) -> None:
@@ -120,8 +122,8 @@ def test_claims_made_before_acknowledgements_count_as_acknowledged(scratch_url: 
             create_execution(s, owner.id, plan.id, claimed, execution_id="exec_m")
             g = load_graphs(s, ["exec_m"])["exec_m"]
             start_subtask(g, g.subtasks["task_0_a"], "agent_m", claimed)
-        migrations.downgrade(scratch_url, "0003")
-        migrations.upgrade(scratch_url)
+        migrations.downgrade(scratch_url, "0003", keyring=db.keyring)
+        migrations.upgrade(scratch_url, keyring=db.keyring)
         with db.reading() as s:
             acked = {sub.plan_subtask_id: sub.acknowledged_at for sub in s.scalars(select(ExecutionSubtask))}
     finally:

@@ -10,9 +10,12 @@ from flask import Flask
 
 from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
+from orchestrator.encryption_keys import check_keys
 from orchestrator.events.accept import Ingestor
+from orchestrator.log_masking import install_log_masking
 from orchestrator.settings import Settings
 from web.api import register_api
+from web.auth import init_auth
 from web.dashboard import bp as dashboard_bp
 from web.errors import register_error_handlers
 from web.json_body import BodyJSONProvider
@@ -34,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     settings = settings.replace(redis_url=resolved_redis_url(settings.redis_url, settings.data_dir))
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_masking()  # gunicorn's handlers too: they exist before its workers load the app
 
     app = Flask(__name__)
     app.url_map.converters["default"] = IdConverter  # before any route: every URL variable is an id
@@ -45,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json = BodyJSONProvider(app)  # bodies parsed by orjson and checked; answers keep their field order
     app.extensions["db"] = Database(settings)
+    check_keys(app.extensions["db"])  # keys that cannot read the stored data stop the start here
     app.extensions["redis"] = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
     celery_app = celery_init_app(app)
     app.extensions["ingestor"] = Ingestor(
@@ -53,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
 
     register_error_handlers(app)
+    init_auth(app)
     register_api(app)
     app.register_blueprint(live_bp)
     app.register_blueprint(dashboard_bp)

@@ -1,58 +1,104 @@
-"""Bearer-token authentication for the API, and the dashboard's session login for the same API.
+"""Who a request acts for: a bearer token (an operator's or an agent's), or the dashboard's login.
 
-Tokens resolve to a Principal through the database once, then from a small per-process cache for
-`CACHE_SECONDS`, so the event hot path does not open a transaction to authenticate (a revoked key
-stops working within that time). The dashboard's pages call the API with their login session
-instead; since a browser sends that cookie on any site's request, a session-authenticated write must
-also carry the session's CSRF token in `X-CSRF-Token`.
+Tokens resolve to a Principal through the database once, then from a per-process cache
+(`web/principal_cache.py`) that is valid under one value of the access epoch, which whatever takes
+access away changes (`orchestrator/revocation.py`). A cached principal is trusted only once the
+request's first Redis round trip has read the epoch and found it unchanged:
+- views read it before they run (`current_principal`: one GET, in the same pipeline as the
+  session lookup for the dashboard);
+- the agents' event views (`require_agent_submit`) do not add that round trip: they pass
+  `epoch_seen()` to `Ingestor.submit`, whose first round trip (made anyway) reads it too. When it has
+  moved, nothing has been read or queued yet: the view runs again once authenticated from the
+  database. (Until then such a view may answer a bad body 422, or a wrong agent_id 403.)
+
+The dashboard logs in with Flask-Login: its cookie carries a session id whose record lives in Redis
+(`orchestrator/sessions.py`), so logout, a password reset or deactivation ends it everywhere. A
+browser sends that cookie with any site's request, so a session-authenticated write must also carry
+the page's CSRF token (Flask-WTF; `X-CSRF-Token`); bearer requests need none.
+
+Checks to add on every request (a signature, a rate limit) belong in `_guard`, or in
+`_bearer_principal` for tokens only.
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
-import threading
-import time
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, request, session
+import redis
+from flask import Flask, current_app, g, request, session
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from flask_wtf.csrf import CSRFError, CSRFProtect
 
-from orchestrator.credentials import Principal, authenticate, hash_token
+from orchestrator.credentials import Principal, authenticate, credential_principal, hash_token, user_principal
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
-from orchestrator.models import User
-
-CACHE_SECONDS = 30.0
-_MAX_ENTRIES = 10_000
+from orchestrator.revocation import EpochChanged, EpochSeen, announce, epoch_key
+from orchestrator.sessions import SessionStore, is_session_id, session_key
+from web.principal_cache import PrincipalCache
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-class _TokenCache:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[float, Principal]] = {}
-
-    def get(self, key: str) -> Principal | None:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is None or hit[0] < time.monotonic():
-                return None
-            return hit[1]
-
-    def put(self, key: str, principal: Principal) -> None:
-        with self._lock:
-            if len(self._entries) >= _MAX_ENTRIES:
-                self._entries.clear()
-            self._entries[key] = (time.monotonic() + CACHE_SECONDS, principal)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+def init_auth(app: Flask) -> None:
+    """Bind Flask-Login and Flask-WTF's CSRF protection; CSRF is checked only where a session is used."""
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # bearer requests carry no CSRF token
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # valid as long as the session (12 h at most)
+    app.extensions["principal_cache"] = PrincipalCache()
+    login_manager.user_loader(_load_session_user)
+    login_manager.init_app(app)
+    csrf.init_app(app)
 
 
-def _cache() -> _TokenCache:
-    return current_app.extensions.setdefault("token_cache", _TokenCache())
+class SessionUser(UserMixin):
+    """Flask-Login's user: the principal of a live dashboard session. Its id is the session's id,
+    not the user's (Flask-Login's "alternative token"), so an ended session loads nobody."""
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+
+    def get_id(self) -> str:
+        return self.principal.via or ""
+
+
+def _cache() -> PrincipalCache:
+    return current_app.extensions["principal_cache"]
+
+
+def _prefix() -> str:
+    return current_app.config["SETTINGS"].redis_key_prefix
+
+
+def _sessions() -> SessionStore:
+    return SessionStore(current_app.extensions["redis"], _prefix())
+
+
+def _read_epoch(*keys: str) -> list[bytes | None]:
+    """Read the access epoch (and `keys`) in one round trip; the cache follows the epoch read."""
+    pipe = current_app.extensions["redis"].pipeline(transaction=False)
+    pipe.get(epoch_key(_prefix()))
+    for key in keys:
+        pipe.get(key)
+    epoch, *values = pipe.execute()
+    _cache().observe(epoch)
+    return [epoch, *values]
+
+
+def _cached_or_load(key: str, epoch: bytes | None, load: Callable[[Any], Principal | None]) -> Principal | None:
+    hit = _cache().get(key)
+    if hit is not None:
+        return hit.principal
+    with current_app.extensions["db"].reading() as s:
+        principal = load(s)
+    if principal is not None:
+        _cache().put(key, principal, epoch)
+    return principal
 
 
 def bearer_token() -> str | None:
@@ -64,54 +110,128 @@ def bearer_token() -> str | None:
 
 
 def current_principal() -> Principal:
-    """The request's principal; raises Unauthorized when there is no valid token."""
+    """The request's principal; raises Unauthorized when there is no valid token or session."""
     if "principal" in g:
         return g.principal
     token = bearer_token()
-    if token is None:
-        g.principal = _session_principal()
-        return g.principal
-    key = hash_token(token)
-    principal = _cache().get(key)
+    g.principal = _bearer_principal(token) if token is not None else _session_principal()
+    return g.principal
+
+
+def epoch_seen() -> EpochSeen | None:
+    """For a `require_agent_submit` view: the epoch its first Redis round trip must confirm (None
+    when this request has read it already)."""
+    return g.pop("auth_epoch_seen", None)
+
+
+def _bearer_principal(token: str) -> Principal:
+    key = "token:" + hash_token(token)
+    hit = _cache().get(key)
+    if hit is not None and g.get("auth_defer_epoch"):
+        g.auth_epoch_seen = EpochSeen(epoch_key(_prefix()), hit.epoch)
+        return hit.principal
+    try:
+        epoch, = _read_epoch()
+    except redis.RedisError as exc:
+        # The database is the truth; only the cache needs Redis. Endpoints that need no Redis
+        # (reading executions, plans) keep working while it is away.
+        log.warning("Redis unavailable (%s); authenticating from the database alone", type(exc).__name__)
+        with current_app.extensions["db"].reading() as s:
+            principal = authenticate(s, token)
+    else:
+        principal = _cached_or_load(key, epoch, lambda s: authenticate(s, token))
     if principal is None:
-        with current_app.extensions["db"].reading() as session:
-            principal = authenticate(session, token)
-        if principal is None:
-            raise Unauthorized("The API token is not valid.")
-        _cache().put(key, principal)
-    g.principal = principal
+        raise Unauthorized("The API token is not valid.")
     return principal
+
+
+def _load_session_user(sid: str) -> SessionUser | None:
+    """The user of live session `sid` (Flask-Login calls this with the cookie's session id)."""
+    principal = session_principal(sid)
+    return SessionUser(principal) if principal is not None else None
+
+
+def session_principal(sid: str) -> Principal | None:
+    """The principal of dashboard session `sid`, or None when it has ended or its user is deactivated."""
+    if not is_session_id(sid):
+        return None
+    epoch, owner = _read_epoch(session_key(_prefix(), sid))
+    if owner is None:
+        return None
+    principal = _cached_or_load("session:" + sid, epoch, lambda s: user_principal(s, owner.decode(), via=sid))
+    return principal if principal is not None and principal.id == owner.decode() else None
 
 
 def _session_principal() -> Principal:
-    """The dashboard user logged in by the Flask session; writes must prove they come from our pages."""
-    user_id = session.get("user_id")
-    if not user_id:
+    """The dashboard user logged in by the session; writes must prove they come from our pages."""
+    if not current_user.is_authenticated:
         raise Unauthorized("Send an API token: 'Authorization: Bearer <token>'.")
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
-        sent = request.headers.get("X-CSRF-Token", "")
-        if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
-            raise Forbidden("A session-authenticated write needs the page's X-CSRF-Token header.")
-    key = f"session:{user_id}"
-    principal = _cache().get(key)
-    if principal is None:
-        with current_app.extensions["db"].reading() as s:
-            user = s.get(User, user_id)
-            if user is None or not user.is_active:
-                raise Unauthorized("The login session is no longer valid; log in again.")
-            principal = Principal("user", user.id, user.is_admin)
-        _cache().put(key, principal)
-    return principal
+    if request.method not in _SAFE_METHODS:
+        try:
+            csrf.protect()
+        except CSRFError as exc:
+            raise Forbidden("A session-authenticated write needs the page's X-CSRF-Token header.",
+                            reason=exc.description) from exc
+    return current_user.principal
 
 
-def _guard(check: Callable[[Principal, dict[str, Any]], None]) -> Callable[[F], F]:
+def grant_is_live(principal: Principal) -> bool:
+    """Whether the grant a stream token was issued through (`principal.via`) still gives access."""
+    via = principal.via
+    if via is None:
+        return False
+    if is_session_id(via):
+        now = session_principal(via)
+    else:
+        epoch, = _read_epoch()
+        now = _cached_or_load("credential:" + via, epoch, lambda s: credential_principal(s, via))
+    return now is not None and now.id == principal.id and now.kind == "user"
+
+
+# -- logging in and out (the dashboard's login form) ------------------------------------------------
+
+def start_session(user_id: str, username: str) -> None:
+    """Log `user_id` in: a new server-side session, and a fresh cookie (no fixation, a new CSRF token)."""
+    end_session()  # a session this browser had goes, even when the same user logs in again
+    sid = _sessions().start(user_id)
+    login_user(SessionUser(Principal("user", user_id, via=sid)))
+    session["username"] = username  # shown in the page header
+
+
+def end_session() -> None:
+    """Log out: the session's record goes, so its cookie, stream tokens and sockets stop working."""
+    if current_user.is_authenticated:
+        sid = current_user.get_id()
+        _sessions().end(sid)
+        announce(current_app.extensions["redis"], _prefix(), grants=[sid])
+    logout_user()
+    session.clear()
+
+
+# -- view guards ------------------------------------------------------------------------------------
+
+def _reauthenticate() -> None:
+    g.pop("principal", None)
+    g.pop("auth_epoch_seen", None)
+    g.auth_defer_epoch = False
+
+
+def _guard(check: Callable[[Principal, dict[str, Any]], None], defer_epoch: bool = False) -> Callable[[F], F]:
     """A view decorator that runs `check(principal, url variables)` first; the check raises to refuse."""
 
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            g.auth_defer_epoch = defer_epoch
             check(current_principal(), kwargs)
-            return view(*args, **kwargs)
+            if not defer_epoch:
+                return view(*args, **kwargs)
+            try:
+                return view(*args, **kwargs)
+            except EpochChanged:
+                _reauthenticate()  # nothing was done: the epoch is read before anything else
+                check(current_principal(), kwargs)
+                return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
@@ -135,9 +255,11 @@ def _agent_itself(principal: Principal, url: dict[str, Any]) -> None:
         raise Forbidden("An agent may only act as itself.")
 
 
-# Only operators (user tokens) may call the view.
+# Only operators (user tokens or the dashboard session) may call the view.
 require_user = _guard(_operator)
-# Only admin operators may call the view.
+# Only admin operators may call the view; anyone else gets a 404.
 require_admin = _guard(_admin)
 # Only agents may call the view; an `agent_id` in the URL must be the caller's own.
 require_agent = _guard(_agent_itself)
+# The same, for views whose first Redis round trip is `Ingestor.submit(..., epoch=epoch_seen())`.
+require_agent_submit = _guard(_agent_itself, defer_epoch=True)

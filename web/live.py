@@ -1,29 +1,28 @@
 """The live stream: WebSocket endpoints fed by one Redis pub/sub subscriber per web process.
 
-Workers publish after commit to one channel; this process's `Relay` thread reads it, puts event
-messages back in commit order (`Sequencer`) and drops each message into the bounded queue of every
-local socket that may see it. Each socket's own thread sends from its queue, so a slow socket never
-stalls the others: when its queue overflows it is closed (1013, try again) and the client
-reconnects with `?since=<last event id>` to catch up.
+Workers publish after commit to one channel; this process's relay (`web/relay.py`) reads it, puts
+event messages back in commit order and writes each message's frame, built once, to every local
+socket that may see it. A socket that does not keep up gets its frames from a bounded backlog that
+its own thread sends, so a slow socket never stalls the others: when its backlog overflows it is
+closed (1013, try again) and the client reconnects with `?since=<last event id>` to catch up.
 
 Catching up goes by position in commit order (`seq`, `orchestrator/event_positions.py`), not by
 event id: `since` names an event the client saw (the one with the highest `seq`), and the replay
 sends every event committed after it, in that order, that the socket may see. A `since` that names
 no such event closes the socket (1008); a replay longer than REPLAY_LIMIT sends that many and
 closes with 1013, to be resumed from the last one sent.
+
+Messages are JSON in text frames. The stream declines permessage-deflate, so that one frame's bytes
+serve every socket (see `web/relay.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
+import socket
 from typing import Any
 
-import orjson
-import redis
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from flask_sock import Sock
@@ -35,8 +34,9 @@ from orchestrator.errors import Unauthorized
 from orchestrator.execution_views import summary
 from orchestrator.live_tokens import issue_stream_token, verify_stream_token
 from orchestrator.models import Execution, ExecutionEvent, utcnow
-from orchestrator.publish import channel, event_message, for_client, iso
-from web.auth import current_principal, require_user
+from orchestrator.publish import channel, event_message, iso
+from web.auth import current_principal, grant_is_live, require_user
+from web.relay import Relay, Subscriber, client_frame, send_all
 
 log = logging.getLogger(__name__)
 bp = Blueprint("live", __name__)
@@ -44,132 +44,10 @@ sock = Sock()
 
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
-QUEUE_SIZE = 1000
 REPLAY_LIMIT = 1000
 CLOSE_WAIT_SECONDS = 2.0
-HOLD_SECONDS = 0.2  # how long the relay waits for an earlier commit's messages
-
-
-@dataclass(eq=False)
-class Subscriber:
-    principal: Principal
-    execution_id: str | None
-    queue: queue.Queue[dict[str, Any]] = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
-    overflowed: bool = False
-
-    def wants(self, msg: dict[str, Any]) -> bool:
-        if self.execution_id is not None and msg.get("execution_id") != self.execution_id:
-            return False
-        return self.principal.is_admin or msg.get("owner_id") == self.principal.id
-
-
-class Sequencer:
-    """Puts event messages back into commit order before they reach the sockets.
-
-    Each shard's worker publishes after its own commit, so pub/sub order is not commit order: the
-    commit that drew positions 10-11 may publish after the one that drew 12. A socket that got 12
-    and then lost its connection would reconnect with `since` = 12 and never see 10-11. So a
-    message whose commit does not come next is held, up to `hold` seconds, for the commits before
-    it; then it goes anyway (their messages may never come: not every event is published, a
-    publisher can die between commit and publish). Messages without a position (execution
-    updates) keep their place behind any held event. Late messages go at once.
-    """
-
-    def __init__(self, hold: float = HOLD_SECONDS) -> None:
-        self.hold = hold
-        self.next_seq: int | None = None  # the first position no delivered commit covers
-        self._held: list[tuple[float, dict[str, Any]]] = []  # (arrival time, message), arrival order
-
-    def push(self, msg: dict[str, Any], now: float) -> list[dict[str, Any]]:
-        self._held.append((now, msg))
-        return self.release(now)
-
-    def wait(self, now: float, idle: float = 5.0) -> float:
-        """Seconds until a held message is due (`idle` when none is held)."""
-        return max(0.0, self._held[0][0] + self.hold - now) if self._held else idle
-
-    def release(self, now: float) -> list[dict[str, Any]]:
-        """The messages that may go now, in order."""
-        out: list[dict[str, Any]] = []
-        while self._held:
-            if _position(self._held[0][1]) is None:
-                out.append(self._held.pop(0)[1])
-                continue
-            _, i = min((pos, k) for k, (_, m) in enumerate(self._held) if (pos := _position(m)) is not None)
-            first, last = _span(self._held[i][1])
-            due = now - self._held[0][0] >= self.hold
-            if self.next_seq is not None and first > self.next_seq and not due:
-                break  # an earlier commit's messages may still be on their way
-            out.append(self._held.pop(i)[1])
-            self.next_seq = max(self.next_seq or 0, last + 1)
-        return out
-
-
-def _position(msg: dict[str, Any]) -> int | None:
-    return msg.get("seq") if msg.get("type") == "event" else None
-
-
-def _span(msg: dict[str, Any]) -> tuple[int, int]:
-    # Positions drawn by the message's commit; a publisher that did not say covers just its own.
-    seq = msg["seq"]
-    span = msg.get("commit_range")
-    return (span[0], span[1]) if span else (seq, seq)
-
-
-class Relay:
-    """One pub/sub subscription per process, put in commit order and fanned out to local sockets."""
-
-    def __init__(self, r: redis.Redis, channel_name: str) -> None:
-        self.redis = r
-        self.channel = channel_name
-        self._subs: set[Subscriber] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self.sequencer = Sequencer()  # only the relay thread touches it
-
-    def subscribe(self, sub: Subscriber) -> Subscriber:
-        with self._lock:
-            self._subs.add(sub)
-            if self._thread is None or not self._thread.is_alive():
-                self._ready.clear()
-                self._thread = threading.Thread(target=self._run, name="stream-relay", daemon=True)
-                self._thread.start()
-        # Messages published before our SUBSCRIBE would be lost: wait until it is in place.
-        self._ready.wait(5)
-        return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        with self._lock:
-            self._subs.discard(sub)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.channel)
-                self._ready.set()
-                while True:
-                    msg = pubsub.get_message(timeout=self.sequencer.wait(time.monotonic()))
-                    if msg is not None and msg["type"] == "message":
-                        ready = self.sequencer.push(orjson.loads(msg["data"]), time.monotonic())
-                    else:
-                        ready = self.sequencer.release(time.monotonic())
-                    for m in ready:
-                        self.dispatch(m)
-            except redis.RedisError as exc:
-                log.warning("stream relay lost Redis (%s); reconnecting", exc)
-                time.sleep(1)
-
-    def dispatch(self, msg: dict[str, Any]) -> None:
-        with self._lock:
-            subs = list(self._subs)
-        for sub in subs:
-            if sub.wants(msg):
-                try:
-                    sub.queue.put_nowait(msg)
-                except queue.Full:
-                    sub.overflowed = True
+SEND_TIMEOUT_SECONDS = 10.0  # a client that takes nothing for this long is cut off
+IDLE_SECONDS = 10.0  # a socket's thread looks at its connection at least this often
 
 
 def relay() -> Relay:
@@ -188,8 +66,11 @@ def stream_token() -> ResponseReturnValue:
     return jsonify({"token": token.token, "expires_at": iso(token.expires_at)}), 201
 
 
-def _client_view(msg: dict[str, Any]) -> bytes:
-    return orjson.dumps(for_client(msg))
+@bp.before_request
+def _decline_compression() -> None:
+    # simple_websocket accepts permessage-deflate whenever a client offers it (browsers always do),
+    # and then every message is compressed once per socket. Without the offer, it is not negotiated.
+    request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
 
 
 class UnknownSince(Exception):
@@ -238,7 +119,7 @@ def _replay(ws: Any, principal: Principal, execution_id: str | None, since: str)
         last = since_position(s, principal, since)
         rows = missed_events(s, principal, execution_id, last, REPLAY_LIMIT)
     for ev, owner in rows:
-        ws.send(_client_view(event_message(ev, owner)))
+        send_all(ws.sock, client_frame(event_message(ev, owner)), SEND_TIMEOUT_SECONDS)
         last = ev.seq or last
     return last, len(rows) >= REPLAY_LIMIT
 
@@ -257,8 +138,14 @@ def _serve(ws: Any, execution_id: str | None) -> None:
                 _close(ws, POLICY_VIOLATION, "No such execution.")
                 return
             snapshot = {"type": "execution_update", **summary(ex), "timestamp": iso(utcnow())}
-    sub = relay().subscribe(Subscriber(principal, execution_id))
+    # The socket's thread wakes on simple_websocket's event: set for the backlog (by the relay), and
+    # when the client closes (by the socket's reader thread).
+    sub = relay().subscribe(Subscriber(principal, execution_id, wake=ws.event))
     try:
+        # Checked once subscribed, so that a revocation announced after the check reaches the queue.
+        if not grant_is_live(principal):
+            _close(ws, POLICY_VIOLATION, "Access was revoked: log in or use another token.")
+            return
         _send_stream(ws, sub, snapshot)
     finally:
         relay().unsubscribe(sub)
@@ -266,7 +153,7 @@ def _serve(ws: Any, execution_id: str | None) -> None:
 
 def _send_stream(ws: Any, sub: Subscriber, snapshot: dict[str, Any] | None) -> None:
     # Subscribed before the replay reads, so nothing committed in between is lost; what both the
-    # replay and the queue hold is skipped by position.
+    # replay and the backlog hold is skipped by position.
     last_seq = 0
     if request.args.get("since"):
         try:
@@ -278,19 +165,32 @@ def _send_stream(ws: Any, sub: Subscriber, snapshot: dict[str, Any] | None) -> N
             _close(ws, TRY_AGAIN_LATER, "More to replay: reconnect with ?since=<last event id>.")
             return
     if snapshot is not None:
-        ws.send(_client_view(snapshot))
-    while ws.connected:
+        send_all(ws.sock, client_frame(snapshot), SEND_TIMEOUT_SECONDS)
+    sub.start(ws.sock, last_seq)
+    _pump(ws, sub)
+
+
+def _pump(ws: Any, sub: Subscriber) -> None:
+    """Send the socket's backlog until it is empty and the relay writes to the socket itself; then
+    wait for more backlog, a revocation, an overflow or the client's leaving."""
+    while ws.connected and not sub.broken:
+        if sub.revoked:
+            _close(ws, POLICY_VIOLATION, "Access was revoked: log in or use another token.")
+            return
         if sub.overflowed:
             _close(ws, TRY_AGAIN_LATER, "Too slow: reconnect with ?since=<last event id>.")
             return
-        try:
-            msg = sub.queue.get(timeout=10)
-        except queue.Empty:
+        data = sub.take()
+        if data:
+            try:
+                send_all(ws.sock, data, SEND_TIMEOUT_SECONDS)
+            except TimeoutError:
+                with contextlib.suppress(OSError):  # a close frame would not get through either
+                    ws.sock.shutdown(socket.SHUT_RDWR)
+                return
             continue
-        seq = msg.get("seq") if msg.get("type") == "event" else None
-        if seq is not None and seq <= last_seq:
-            continue  # replayed already
-        ws.send(_client_view(msg))
+        sub.wake.wait(IDLE_SECONDS)
+        sub.wake.clear()
 
 
 @sock.route("/api/executions/<execution_id>/stream", bp=bp)

@@ -2,6 +2,7 @@
 
 from orchestrator.models.agents import Agent
 from orchestrator.models.base import Base, UTCDateTime, utcnow
+from orchestrator.models.encryption_check import EncryptionCheck
 from orchestrator.models.events import ExecutionEvent
 from orchestrator.models.executions import Execution, ExecutionSubtask, ExecutionTask
 from orchestrator.models.plans import Plan, PlanSubtask, PlanTask
@@ -12,6 +13,7 @@ __all__ = [
     "Agent",
     "ApiCredential",
     "Base",
+    "EncryptionCheck",
     "Execution",
     "ExecutionEvent",
     "ExecutionSubtask",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from orchestrator.encryption import EncryptedJSON, EncryptedText
 from orchestrator.models.base import Base, utcnow
 
 if TYPE_CHECKING:
@@ -48,16 +49,18 @@ class ExecutionEvent(Base):
     subtask_id: Mapped[str | None] = mapped_column(String(128))
 
     status: Mapped[str | None] = mapped_column(String(40))  # running|success|error|blocked|paused
-    message: Mapped[str | None] = mapped_column(Text)
-    output_data: Mapped[dict[str, Any] | None]
+    # The payload is personal data, encrypted at rest (orchestrator/encryption.py); so is the outcome,
+    # whose status message may quote the agent's error.
+    message: Mapped[str | None] = mapped_column(EncryptedText)
+    output_data: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
 
     error_type: Mapped[str | None] = mapped_column(String(120))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_message: Mapped[str | None] = mapped_column(EncryptedText)
     human_review_required: Mapped[bool] = mapped_column(default=False)
-    suggestions: Mapped[list[Any] | None]
+    suggestions: Mapped[list[Any] | None] = mapped_column(EncryptedJSON)
 
     # What applying the event did: the execution's state after it, or why it was refused.
-    outcome: Mapped[dict[str, Any] | None]
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
 
     timestamp: Mapped[datetime] = mapped_column(default=utcnow)
     agent_timestamp: Mapped[datetime | None]

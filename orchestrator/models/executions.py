@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from orchestrator.encryption import EncryptedJSON, EncryptedText
 from orchestrator.models.base import Base, utcnow
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Execution(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
 
     status: Mapped[str] = mapped_column(String(16), default="CREATED")
-    status_message: Mapped[str | None] = mapped_column(Text)
+    status_message: Mapped[str | None] = mapped_column(EncryptedText)  # may quote an agent's error
 
     tasks_total: Mapped[int] = mapped_column(default=0)
     tasks_completed: Mapped[int] = mapped_column(default=0)
@@ -72,11 +73,11 @@ class ExecutionTask(Base):
     subtasks_completed: Mapped[int] = mapped_column(default=0)
     progress_percent: Mapped[int] = mapped_column(default=0)
 
-    result_data: Mapped[dict[str, Any] | None]
-    error_message: Mapped[str | None] = mapped_column(Text)
+    result_data: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
+    error_message: Mapped[str | None] = mapped_column(EncryptedText)
     # While BLOCKED: what the agent suggested and what a person may choose.
-    suggestions: Mapped[list[Any] | None]
-    next_step_options: Mapped[list[Any] | None]
+    suggestions: Mapped[list[Any] | None] = mapped_column(EncryptedJSON)
+    next_step_options: Mapped[list[Any] | None] = mapped_column(EncryptedJSON)
 
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]
@@ -118,7 +119,7 @@ class ExecutionSubtask(Base):
     waiting_on: Mapped[int] = mapped_column(default=0)
     not_before: Mapped[datetime | None]  # retry backoff: not handed out before this
     # Params a person approved in place of the plan's (an "approve alternative" answer to a block).
-    params_override: Mapped[dict[str, Any] | None]
+    params_override: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
 
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))  # the agent holding it
     claimed_at: Mapped[datetime | None]
@@ -127,8 +128,8 @@ class ExecutionSubtask(Base):
     # after CLAIM_ACK_SECONDS without costing an attempt (orchestrator/scheduling.py, sweeper.py).
     acknowledged_at: Mapped[datetime | None]
 
-    result_data: Mapped[dict[str, Any] | None]
-    error: Mapped[str | None] = mapped_column(Text)
+    result_data: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
+    error: Mapped[str | None] = mapped_column(EncryptedText)
 
     started_at: Mapped[datetime | None]
     completed_at: Mapped[datetime | None]

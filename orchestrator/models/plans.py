@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ForeignKey, ForeignKeyConstraint, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from orchestrator.encryption import EncryptedJSON
 from orchestrator.models.base import Base, utcnow
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ class Plan(Base):
     id: Mapped[str] = mapped_column(String(128), primary_key=True)  # "plan_carol_breeder_sys_20260211"
     title: Mapped[str | None] = mapped_column(String(300))
     goal: Mapped[str] = mapped_column(Text)
-    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    context: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     source: Mapped[str] = mapped_column(String(32), default="api")  # api | file | planexe
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -89,7 +90,7 @@ class PlanSubtask(Base):
 
     title: Mapped[str] = mapped_column(String(500))
     action: Mapped[str | None] = mapped_column(String(120))  # "send_email", "make_phone_call"
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(EncryptedJSON, default=dict)
 
     timeout_hours: Mapped[int] = mapped_column(default=24)
     retry_policy: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"max_attempts": 3, ...}

@@ -21,6 +21,7 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(default=False)
     is_active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deactivated_at: Mapped[datetime | None]  # when is_active last went false; cleared on activation
 
     credentials: Mapped[list[ApiCredential]] = relationship(
         back_populates="user", cascade="all, delete-orphan", passive_deletes=True

@@ -197,7 +197,8 @@ def test_resolve_a_blocked_task_from_its_buttons(page, live_server, scene, agent
     expect(page.locator("#ex-status")).to_have_text("BLOCKED")
     # The agent's text is shown as text, never as markup.
     expect(blocked.locator(".agent-error")).to_have_text("Carol's address bounced <b>twice</b>.")
-    expect(blocked.locator(".suggestions li")).to_have_text(["Try info@bittersweetfarm.com", "Call Carol"])
+    # Personal data is masked on the page (orchestrator/masking.py).
+    expect(blocked.locator(".suggestions li")).to_have_text(["Try i***@bittersweetfarm.com", "Call Carol"])
     for option in ("approve_alternative", "retry_task", "skip_task", "cancel_execution"):
         expect(blocked.locator(f'button[data-option="{option}"]')).to_be_visible()
     shot(page, "execution-blocked")

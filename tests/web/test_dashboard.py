@@ -25,8 +25,15 @@ def scene(db):
 
 
 def login(client, username: str, password: str, next_path: str | None = None):
+    """Log in as a browser does: the login page's form carries its CSRF token."""
     url = "/login" + (f"?next={next_path}" if next_path else "")
-    return client.post(url, data={"username": username, "password": password})
+    return client.post(url, data={"username": username, "password": password, "csrf_token": form_csrf(client)})
+
+
+def form_csrf(client) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', client.get("/login").get_data(as_text=True))
+    assert match
+    return match.group(1)
 
 
 def csrf_of(client) -> str:
@@ -117,9 +124,9 @@ def test_bearer_tokens_need_no_csrf_token(client, scene, db) -> None:
 
 def test_logout_needs_the_csrf_token(client, scene) -> None:
     login(client, "mark", "pw")
-    client.post("/logout", data={"csrf": "forged"})
+    client.post("/logout", data={"csrf_token": "forged"})
     assert client.get("/executions").status_code == 200
-    client.post("/logout", data={"csrf": csrf_of(client)})
+    client.post("/logout", data={"csrf_token": csrf_of(client)})
     assert client.get("/executions").status_code == 302
 
 

@@ -209,7 +209,9 @@ def test_resolve_approve_alternative(client, auth, db) -> None:
     by_type = {e["event_type"]: e for e in events}
     assert set(by_type) == {"status_change", "task_resolved"}
     assert by_type["task_resolved"]["output_data"] == {"option": "approve_alternative",
-                                                       "params": {"to": "info@example.com"}}
+                                                       "params": {"to": "i***@example.com"}}  # masked for people
+    raw = client.get(f"/api/executions/{EXEC}/events?limit=2&raw=true", headers=auth["mark"]).get_json()["events"]
+    assert {"option": "approve_alternative", "params": {"to": "info@example.com"}} in [e["output_data"] for e in raw]
 
 
 @pytest.mark.parametrize(("option", "status", "task_status"), [

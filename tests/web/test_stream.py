@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
 import requests
 import simple_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
+from wsproto.extensions import PerMessageDeflate
 
 import web.live as stream_module
 from orchestrator.event_log import record_event
@@ -266,3 +270,25 @@ def test_the_relay_delivers_in_commit_order_whatever_the_publish_order(db, redis
         assert [m["event_id"] for m in receive_events(ws, 3)] == [m["event_id"] for m in messages]
     finally:
         ws.close()
+
+
+def test_frames_are_plain_text_even_for_a_client_that_offers_compression(db, redis, migrated, live_server) -> None:
+    # Every socket gets the same bytes for a message (web/relay.py): no per-connection compression.
+    owner, user_token, (ex1,) = owner_with_executions(db, 1)
+    token = stream_token(live_server, user_token)
+    host, port = live_server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    conn = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(conn.send(Request(host=host, target=f"/api/stream?token={token}", extensions=[PerMessageDeflate()])))
+    accepted = None
+    while accepted is None:
+        conn.receive_data(sock.recv(4096))
+        accepted = next((e for e in conn.events() if isinstance(e, AcceptConnection)), None)
+    assert accepted.extensions == []
+    (eid,) = commit_events(db, redis, migrated, owner, [ex1])
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[2:4], "big"):
+        data += sock.recv(4096)
+    sock.close()
+    assert data[0] == 0x81  # FIN, no RSV1 (not compressed), text
+    assert data[1] == 126 and json.loads(data[4:4 + int.from_bytes(data[2:4], "big")])["event_id"] == eid

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from web.live import Sequencer
+from web.relay import Sequencer
 
 
 def event(seq: int, first: int | None = None) -> dict:

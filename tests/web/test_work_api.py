@@ -14,8 +14,10 @@ from orchestrator.credentials import issue_credential
 from orchestrator.holds import holder
 from orchestrator.models import Agent, Execution, ExecutionSubtask, utcnow
 from orchestrator.publish import channel
+from orchestrator.scheduling import claim_work
 from tests.factories import make_agent, make_user_with_token
 from tests.workers.helpers import Scene, queued_execution
+from web.api import work as work_api
 
 GUIDE_KEYS = ["work_available", "execution_id", "plan_id", "next_task", "force_pause", "force_cancel"]
 NEXT_TASK_KEYS = {"task_id", "title", "action", "params", "timeout_hours", "retry_policy", "context", "attempt",
@@ -134,15 +136,22 @@ def closed_port() -> int:
 
 
 def test_redis_down_after_the_commit_still_answers_the_claim(client, app, scene, db, redis, migrated,
-                                                             caplog) -> None:
+                                                             caplog, monkeypatch) -> None:
     """The claim has committed when the hold is written: a 503 then would strand it with an agent that
     never heard of it. The hold is only a cache (the event front end falls back to the database)."""
-    app.extensions["redis"] = redis_lib.Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
+    dead = redis_lib.Redis(host="127.0.0.1", port=closed_port(), socket_connect_timeout=1)
+
+    def claim_then_lose_redis(*args, **kwargs):  # Redis answered the poll's first round trip, then went
+        app.extensions["redis"] = dead
+        return claim_work(*args, **kwargs)
+
+    monkeypatch.setattr(work_api, "claim_work", claim_then_lose_redis)
     try:
         with caplog.at_level(logging.WARNING, logger="web.effects"):
             resp = poll(client, scene)
     finally:
         app.extensions["redis"] = redis
+        monkeypatch.undo()
     assert resp.status_code == 200, resp.get_data(as_text=True)
     body = resp.get_json()
     assert list(body) == GUIDE_KEYS and body["next_task"]["task_id"] == "task_0_a"

@@ -122,8 +122,10 @@ def test_guide_examples_verbatim(operator) -> None:
 
     # A person approves the alternative address; the agent gets the subtask again with it.
     detail = operator.get("/api/executions/exec_carol_prospect_20260211_002").json()
-    blocked = detail["tasks"][0]
-    assert blocked["status"] == "BLOCKED" and blocked["suggestions"][1] == "Call Carol directly at 860-455-9416"
+    blocked = detail["tasks"][0]  # people see personal data masked; the owner may ask for it raw
+    assert blocked["status"] == "BLOCKED" and blocked["suggestions"][1] == "Call Carol directly at ***-***-9416"
+    raw = operator.get("/api/executions/exec_carol_prospect_20260211_002?raw=true").json()
+    assert raw["tasks"][0]["suggestions"][1] == "Call Carol directly at 860-455-9416"
     resp = operator.post("/api/executions/exec_carol_prospect_20260211_002/tasks/task_1_1/resolve",
                          json={"option": "approve_alternative", "params": {"to": "info@bittersweetfarm.com"}})
     assert resp.status_code == 200, resp.text

@@ -48,8 +48,9 @@ FINISH_WITHIN = 90
 
 
 class RedisProxy:
-    """TCP in front of Redis: `up`, `down` (every connection closed, new ones closed at once) or
-    `frozen` (connections stay open, nothing passes)."""
+    """TCP in front of Redis: `up`, `down` (every connection closed, new ones closed at once),
+    `frozen` (connections stay open, nothing passes) or `frozen-writes` (the same, for what carries a
+    write of the after-commit step, HSET: reads before it, the token's epoch and the poll's own, pass)."""
 
     def __init__(self, target_url: str) -> None:
         parts = urlsplit(target_url)
@@ -80,7 +81,7 @@ class RedisProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                while self.mode == "frozen":
+                while self.mode == "frozen" or (self.mode == "frozen-writes" and b"HSET" in data):
                     time.sleep(0.01)
                 dst.sendall(data)
         except OSError:
@@ -311,7 +312,7 @@ def test_web_worker_killed_after_claims_committed(db, redis, migrated, stack, ca
     server, proxy = stack
     ids, keys = scene(db, n_executions=2, n_subtasks=4, n_agents=3)
     returning, gone, helper = keys
-    proxy.set("frozen")
+    proxy.set("frozen-writes")
     lost = [threading.Thread(target=_poll_once, args=(server.url, agent, keys[agent])) for agent in (returning, gone)]
     for t in lost:
         t.start()

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_api(app: Flask) -> None:
-    from web.api import admin, agents, decompose, events, executions, health, imports, plans, work
+    from web.api import admin, agents, decompose, events, executions, health, imports, me, plans, users, work
 
-    for module in (health, agents, plans, executions, work, events, decompose, imports, admin):
+    for module in (health, agents, plans, executions, work, events, decompose, imports, admin, users, me):
         app.register_blueprint(module.bp)

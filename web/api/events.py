@@ -16,7 +16,7 @@ from orchestrator.errors import Forbidden, NotFound
 from orchestrator.events.accept import Accepted, Ingestor, Submission
 from orchestrator.events.protocol import wire_body
 from orchestrator.models import Execution, ExecutionEvent, utcnow
-from web.auth import current_principal, require_agent
+from web.auth import current_principal, epoch_seen, require_agent_submit
 from web.schemas.events import BatchSchema, EventSchema, HeartbeatSchema
 
 bp = Blueprint("events", __name__, url_prefix="/api")
@@ -57,28 +57,29 @@ def _answer(accepted: Accepted) -> ResponseReturnValue:
 
 
 @bp.post("/executions/<execution_id>/events")
-@require_agent
+@require_agent_submit
 def post_event(execution_id: str) -> ResponseReturnValue:
     body = _event_schema.load(request.get_json() or {})
     agent_id = current_principal().id
     if body["agent_id"] != agent_id:
         raise Forbidden("agent_id must be the agent whose key signs the request.")
-    accepted, = _ingestor().submit(agent_id, [Submission(execution_id, wire_body(body))], utcnow())
+    accepted, = _ingestor().submit(agent_id, [Submission(execution_id, wire_body(body))], utcnow(),
+                                   epoch=epoch_seen(), awaited=True)
     return _answer(accepted)
 
 
 @bp.post("/agents/<agent_id>/heartbeat")
-@require_agent
+@require_agent_submit
 def post_heartbeat(agent_id: str) -> ResponseReturnValue:
     """The agent is alive (between executions too): refreshes it, and goes into no execution's log."""
     body = _heartbeat_schema.load(request.get_json() if request.content_length else {})
     accepted, = _ingestor().submit(agent_id, [Submission(None, wire_body({**body, "event_type": "heartbeat"}))],
-                                   utcnow())
+                                   utcnow(), epoch=epoch_seen(), awaited=True)
     return _answer(accepted)
 
 
 @bp.post("/events/batch")
-@require_agent
+@require_agent_submit
 def post_batch() -> ResponseReturnValue:
     """Up to 1,000 events, any executions, accepted all together or not at all; answers 202 at once."""
     items = _batch_schema.load(request.get_json() or {})["events"]
@@ -88,7 +89,7 @@ def post_batch() -> ResponseReturnValue:
         raise Forbidden("agent_id must be the agent whose key signs the request.", indexes=strangers)
     accepted = _ingestor().submit(agent_id, [
         Submission(b.get("execution_id"), wire_body({k: v for k, v in b.items() if k != "execution_id"}))
-        for b in items], utcnow())
+        for b in items], utcnow(), epoch=epoch_seen())
     results = [{"event_id": a.event_id, "execution_id": a.execution_id, "duplicate": a.duplicate,
                 "status_url": f"/api/events/{a.event_id}"} for a in accepted]
     return jsonify({"accepted": len(results), "events": results}), 202

@@ -13,6 +13,7 @@ from web.effects import after_commit
 from web.schemas.executions import (
     ControlSchema,
     CreateExecutionSchema,
+    DetailQuerySchema,
     EventsQuerySchema,
     ListQuerySchema,
     ResolveSchema,
@@ -21,9 +22,9 @@ from web.schemas.executions import (
 bp = Blueprint("executions", __name__, url_prefix="/api")
 
 
-def _detail(execution_id: str) -> dict:
+def _detail(execution_id: str, raw: bool = False) -> dict:
     with current_app.extensions["db"].reading() as s:
-        return execution_detail(s, current_principal(), execution_id)
+        return execution_detail(s, current_principal(), execution_id, raw)
 
 
 @bp.post("/executions")
@@ -52,7 +53,7 @@ def index() -> ResponseReturnValue:
 @bp.get("/executions/<execution_id>")
 @require_user
 def show(execution_id: str) -> ResponseReturnValue:
-    return jsonify(_detail(execution_id))
+    return jsonify(_detail(execution_id, DetailQuerySchema().load(request.args)["raw"]))
 
 
 @bp.patch("/executions/<execution_id>")
@@ -70,7 +71,8 @@ def control(execution_id: str) -> ResponseReturnValue:
 def events(execution_id: str) -> ResponseReturnValue:
     q = EventsQuerySchema().load(request.args)
     with current_app.extensions["db"].reading() as s:
-        items, before = list_events(s, current_principal(), execution_id, q["limit"], q["before"], q["event_type"])
+        items, before = list_events(s, current_principal(), execution_id, q["limit"], q["before"], q["event_type"],
+                                    q["raw"])
     return jsonify({"events": items, "next_before": before})
 
 

@@ -1,30 +1,105 @@
 """GET /api/agents/{id}/work: agents poll for their next subtask (each poll is a heartbeat).
 
+A poll first asks Redis, in one round trip that also confirms the access epoch of a cached key,
+whether anything moved since a poll found nothing for this agent (orchestrator/ready_work.py): if
+nothing did, it answers 204 without the database. When only its pool's marker is out of date, one
+unlocked query says whether the pool has work. Otherwise it claims in a transaction.
+
 A claim that has committed is always answered (200 with its payload), even when Redis fails in the
 after-commit step (web/effects.py): an answer turned into a 503 would strand the claim.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
+import redis
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from orchestrator.models import utcnow
-from orchestrator.scheduling import claim_work
-from web.auth import require_agent
+from orchestrator.ready_work import (
+    PollState,
+    Pool,
+    idle_lifetime,
+    read_state,
+    remember_idle,
+    remember_pool_idle,
+)
+from orchestrator.scheduling import claim_work, pool_readiness
+from web.auth import epoch_seen, require_agent_submit
 from web.effects import after_commit
 from web.schemas.agents import PollQuerySchema
 
 bp = Blueprint("work", __name__, url_prefix="/api")
 _query = PollQuerySchema()
+log = logging.getLogger(__name__)
 
 
 @bp.get("/agents/<agent_id>/work")
-@require_agent
+@require_agent_submit  # the access epoch is confirmed by `read_state`'s round trip
 def poll(agent_id: str) -> ResponseReturnValue:
     actions = _query.load(request.args)["supported_actions"]
-    result = current_app.extensions["db"].transaction(lambda s: claim_work(s, agent_id, actions, utcnow()))
-    after_commit(result.after)
-    if result.payload is None:
+    settings = current_app.config["SETTINGS"]
+    r, prefix = current_app.extensions["redis"], settings.redis_key_prefix
+    pools = current_app.extensions.get("poll_pools") or current_app.extensions.setdefault("poll_pools", _Pools())
+    pool = pools.get(agent_id, actions)
+    before = read_state(r, prefix, agent_id, actions, pool, epoch_seen())
+    # The heartbeat's staleness is bounded like the markers': idle polls skip both for that long.
+    idle_for = min(settings.poll_idle_seconds, settings.heartbeat_window_seconds / 4)
+    if before.idle or (pool is not None and before.pool_stale and _pool_idle(r, prefix, pool, before, idle_for)):
         return "", 204
-    return jsonify(result.payload), 200
+    now = utcnow()
+    result = current_app.extensions["db"].transaction(
+        lambda s: claim_work(s, agent_id, actions, now, heartbeat_every=timedelta(seconds=idle_for)))
+    after_commit(result.after)
+    if result.payload is not None:
+        return jsonify(result.payload), 200
+    pools.put(agent_id, actions, result.free_in)
+    try:
+        remember_idle(r, prefix, agent_id, before, idle_lifetime(now, result.next_ready_at, idle_for),
+                      result.free_in, idle_for)
+    except redis.RedisError as exc:  # the next poll asks the database again: nothing is lost
+        log.warning("Redis unavailable; idle poll not remembered (%s)", exc)
+    return "", 204
+
+
+def _pool_idle(r: redis.Redis, prefix: str, pool: Pool, before: PollState, idle_for: float) -> bool:
+    """Whether `pool` has no ready unassigned work (one unlocked query); if so, its marker says so."""
+    now = utcnow()
+    with current_app.extensions["db"].reading() as s:
+        ready, backoff_ends = pool_readiness(s, pool, now)
+    if ready:
+        return False
+    try:
+        remember_pool_idle(r, prefix, pool, before, idle_lifetime(now, backoff_ends, idle_for))
+    except redis.RedisError as exc:  # the answer stands; the pool's next poll looks again
+        log.warning("Redis unavailable; idle pool not remembered (%s)", exc)
+    return True
+
+
+class _Pools:
+    """The pool each agent (asking for given actions) was last found free in, per process: the
+    pool's marker must be read in `read_state`'s one round trip. A wrong or missing entry only
+    costs a look at the database."""
+
+    MAX_ENTRIES = 100_000
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, frozenset[str] | None], Pool] = {}
+
+    @staticmethod
+    def _key(agent_id: str, actions: set[str] | None) -> tuple[str, frozenset[str] | None]:
+        return agent_id, frozenset(actions) if actions is not None else None
+
+    def get(self, agent_id: str, actions: set[str] | None) -> Pool | None:
+        return self._entries.get(self._key(agent_id, actions))
+
+    def put(self, agent_id: str, actions: set[str] | None, pool: Pool | None) -> None:
+        if pool is None:
+            self._entries.pop(self._key(agent_id, actions), None)
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[self._key(agent_id, actions)] = pool

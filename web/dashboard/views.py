@@ -9,8 +9,6 @@ the WebSocket stream, authenticated by the same session (see web/auth.py).
 from __future__ import annotations
 
 import functools
-import hmac
-import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -18,16 +16,16 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
+from flask_wtf.csrf import CSRFError
 
 from orchestrator.agents import agents_with_holdings
-from orchestrator.credentials import check_password
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.event_log import SYSTEM_EVENT_TYPES
 from orchestrator.execution_views import execution_detail, list_executions
-from orchestrator.models import User
 from orchestrator.state_machine import AGENT_EVENT_TYPES, VALID_TRANSITIONS
-from web.auth import current_principal
+from orchestrator.users import verify_login
+from web.auth import csrf, current_principal, end_session, start_session
+from web.dashboard.forms import LoginForm
 
 bp = Blueprint("dashboard", __name__)
 
@@ -80,31 +78,29 @@ def _not_found(exc: NotFound) -> ResponseReturnValue:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> ResponseReturnValue:
-    error = None
-    if request.method == "POST":
-        username = request.form.get("username", "").strip()
-        password = request.form.get("password", "")
-        with current_app.extensions["db"].reading() as s:
-            user = s.scalar(select(User).where(User.username == username)) if username else None
-            ok = user is not None and user.is_active and check_password(user, password)
-            user_id = user.id if ok and user is not None else None
-        if user_id is not None:
-            session.clear()
-            session["user_id"] = user_id
-            session["username"] = username
-            # The page sends this back in X-CSRF-Token on every write it makes with the session.
-            session["csrf"] = secrets.token_urlsafe(32)
-            return redirect(_safe_next(request.args.get("next")))
-        error = "Wrong username or password."
-    return render_template("login.html", error=error), 401 if error else 200
+    form = LoginForm()
+    if request.method != "POST":
+        return render_template("login.html", form=form, error=None)
+    if not form.validate_on_submit():
+        if "csrf_token" in form.errors:  # a page kept open across a logout, or another site's form
+            return render_template("login.html", form=form, error="The form expired; log in again."), 400
+        return render_template("login.html", form=form, error="Wrong username or password."), 401
+    username = form.username.data.strip()
+    with current_app.extensions["db"].reading() as s:
+        user = verify_login(s, username, form.password.data)
+    if user is None:
+        return render_template("login.html", form=form, error="Wrong username or password."), 401
+    start_session(user.id, user.username)
+    return redirect(_safe_next(request.args.get("next")))
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    sent = request.form.get("csrf", "")
-    # Without the check any site could log our users out with a hidden form.
-    if session.get("csrf") and hmac.compare_digest(sent, session["csrf"]):
-        session.clear()
+    try:
+        csrf.protect()  # without it any site could log our users out with a hidden form
+    except CSRFError:
+        return redirect(url_for("dashboard.login"))
+    end_session()
     return redirect(url_for("dashboard.login"))
 
 

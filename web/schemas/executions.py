@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from orchestrator.executions import CONTROL_STATUSES
 from orchestrator.plan_schema import ID
@@ -34,3 +34,11 @@ class EventsQuerySchema(Schema):
     before = fields.String(load_default=None, validate=ID)
     event_type = fields.String(load_default=None, validate=validate.Regexp(
         r"^[a-z][a-z0-9_]{0,63}$", error="Use a snake_case event type."))
+    raw = fields.Boolean(load_default=False)  # unmasked payloads: the execution's owner only
+
+
+class DetailQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # the detail took no query before: other parameters stay ignored
+
+    raw = fields.Boolean(load_default=False)

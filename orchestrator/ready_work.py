@@ -1,0 +1,180 @@
+"""Answering an idle agent's poll from Redis: has anything that could change "nothing for you" happened
+since a poll found nothing?
+
+An agent that polls and finds nothing polls again seconds later, and almost always finds nothing
+again. That answer needs no database when Redis can tell that nothing moved. Keys (under the prefix):
+- `work:version`, raised after every commit that may make work ready or change what a holder must
+  be told: subtasks released or put back (completed, failed, retried, taken back, expired, skipped),
+  executions queued, resumed, paused or cancelled, operators' changes. `carry_out`
+  (orchestrator/effects.py) raises it, so every writer's after-commit step does;
+- `work:agent:{id}`, raised after each commit that hands the agent a subtask or assigns it an
+  execution, so that a poll of the same agent running alongside cannot leave a marker that hides it;
+- `work:idle:{id}`, the agent's marker: the state at which its last poll found nothing, read
+  *before* that poll's transaction: the version, the agent's counter and the actions it asked for;
+- `work:pool:{pool}`, the version at which some poll found no unassigned work for a pool: the agents
+  of one owner (or none) that do the same actions, who are all offered the same unassigned work.
+
+An agent that holds nothing and has no execution assigned to it that has not finished ("free") only
+ever gets unassigned work of its pool, so its marker names the pool instead of a version: after the
+version moves, the first of the pool's agents to look at the database renews the pool's marker and
+the others answer from Redis again, instead of each looking once.
+
+A marker cannot hide ready work: the counters are read before the transaction begins and raised only
+after a commit, so a commit the poll's transaction did not see raises a counter past the value the
+marker holds. What no counter announces is covered by the marker's lifetime (`idle_lifetime`): it
+ends when the first retry backoff ends (time alone makes that work ready), 50 ms after a poll that
+saw ready work it could not claim (another transaction held its execution, and may let go of it
+without a word: a claimer rolling back, the worker committing a heartbeat; the pool's other polls
+would have found it held too, and are answered the same for that long), and after
+POLL_IDLE_SECONDS at most. That bound also covers an after-commit step that never ran (a crash
+between the commit and Redis, Redis down then), an agent's capabilities changed in the database by
+hand, and how long its `last_heartbeat` may lag, since only polls that reach the database write it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import redis
+
+from orchestrator.revocation import EpochSeen
+from orchestrator.state_machine import ExecutionStatus
+
+# The per-agent counter outlives any marker that could hold one of its values, by far.
+AGENT_KEY_SECONDS = 24 * 3600
+# Transitions after which some poll may get another answer: work handed out again (queued,
+# resumed, unblocked), or holders to be told to stop (paused, cancelled). QUEUED → RUNNING (the
+# first claim) and moves to BLOCKED, COMPLETED or FAILED only take work away.
+_MOVING_TARGETS = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.PAUSED, ExecutionStatus.CANCELLED})
+
+
+def version_key(prefix: str) -> str:
+    return f"{prefix}work:version"
+
+
+def agent_key(prefix: str, agent_id: str) -> str:
+    return f"{prefix}work:agent:{agent_id}"
+
+
+def idle_key(prefix: str, agent_id: str) -> str:
+    return f"{prefix}work:idle:{agent_id}"
+
+
+def pool_key(prefix: str, pool: str) -> str:
+    return f"{prefix}work:pool:{pool}"
+
+
+def moves_work(transitions: Iterable[tuple[str, str, str]]) -> bool:
+    """Whether any of these (execution, from, to) transitions may change a poll's answer."""
+    return any(new in _MOVING_TARGETS or (new == ExecutionStatus.RUNNING and old != ExecutionStatus.QUEUED)
+               for _, old, new in transitions)
+
+
+def queue_changes(pipe: redis.client.Pipeline, prefix: str, *, work_moved: bool, agents: Iterable[str]) -> None:
+    """Queue on `pipe`, after a commit: raise the version if work may have moved, and the counter of
+    each of `agents` (handed a subtask, or assigned an execution)."""
+    if work_moved:
+        pipe.incr(version_key(prefix))
+    for agent_id in sorted(set(agents)):
+        pipe.incr(agent_key(prefix, agent_id))
+        pipe.expire(agent_key(prefix, agent_id), AGENT_KEY_SECONDS)
+
+
+def actions_part(actions: set[str] | None) -> str:
+    """A short name for a set of actions; "*" for None (any, or the agent's registered capabilities)."""
+    if actions is None:
+        return "*"
+    return hashlib.blake2b(",".join(sorted(actions)).encode(), digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The agents of `owner_id` (None: unowned, they may do anyone's work) that do exactly `actions`
+    (None: any): all are offered the same unassigned work."""
+
+    owner_id: str | None
+    actions: frozenset[str] | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner_id or '-'}:{actions_part(set(self.actions) if self.actions is not None else None)}"
+
+
+@dataclass(frozen=True)
+class PollState:
+    """What a poll read before its transaction, and what that says about the agent."""
+
+    version: int
+    counter: int
+    actions: str  # `actions_part` of what the poll asked for
+    idle: bool = False  # nothing is there for the agent: answer 204
+    # The agent is free (its marker names `pool`), but the pool's marker is from an older version:
+    # whether the pool has work is one query away (`pool_readiness` in orchestrator/scheduling.py).
+    pool_stale: bool = False
+
+    def bound_marker(self) -> str:
+        return f"{self.version}:{self.counter}:{self.actions}"
+
+    def free_marker(self, pool: Pool) -> str:
+        return f"free:{self.counter}:{self.actions}:{pool.key}"
+
+
+def read_state(r: redis.Redis, prefix: str, agent_id: str, actions: set[str] | None, pool: Pool | None,
+               epoch: EpochSeen | None = None) -> PollState:
+    """One round trip: the state now, and whether the agent's marker (and, when `pool` is the pool it
+    was last found free in, that pool's marker) says that nothing is there for it. With `epoch`, the
+    access epoch is read in the same round trip and must not have moved (raises EpochChanged, before
+    anything is done)."""
+    keys = [version_key(prefix), agent_key(prefix, agent_id), idle_key(prefix, agent_id)]
+    if pool is not None:
+        keys.append(pool_key(prefix, pool.key))
+    if epoch is not None:
+        keys.append(epoch.key)
+    values = r.mget(keys)
+    if epoch is not None:
+        epoch.verify(values.pop())
+    read = PollState(int(values[0] or 0), int(values[1] or 0), actions_part(actions))
+    marker = values[2].decode() if values[2] is not None else None
+    if marker is not None and marker == read.bound_marker():
+        return replace(read, idle=True)
+    if pool is not None and marker == read.free_marker(pool):
+        fresh = values[3] is not None and int(values[3]) == read.version
+        return replace(read, idle=fresh, pool_stale=not fresh)
+    return read
+
+
+def idle_lifetime(now: datetime, next_ready_at: datetime | None, longest: float) -> float:
+    """Seconds a marker may live: `longest` at most, and never past the moment work waiting on a
+    retry backoff becomes ready (no commit announces that)."""
+    seconds = longest
+    if next_ready_at is not None:
+        seconds = min(seconds, (next_ready_at - now) / timedelta(seconds=1))
+    return max(0.0, seconds)
+
+
+def remember_idle(r: redis.Redis, prefix: str, agent_id: str, read: PollState, seconds: float,
+                  free_in: Pool | None = None, free_for: float = 0.0) -> None:
+    """The agent's poll found nothing in state `read`: answer its next polls from Redis while that
+    holds, for `seconds` at most. `free_in` is the agent's pool when it is free (holds nothing, has
+    no unfinished execution assigned): then the pool's marker lasts `seconds`, and the agent's own,
+    which only says that it is free, `free_for` (what work is ready does not change that)."""
+    ms, free_ms = int(seconds * 1000), int(free_for * 1000)
+    pipe = r.pipeline(transaction=False)
+    if free_in is None and ms > 0:
+        pipe.set(idle_key(prefix, agent_id), read.bound_marker(), px=ms)
+    if free_in is not None and free_ms > 0:
+        pipe.set(idle_key(prefix, agent_id), read.free_marker(free_in), px=free_ms)
+    if free_in is not None and ms > 0:
+        pipe.set(pool_key(prefix, free_in.key), read.version, px=ms)
+    if len(pipe):
+        pipe.execute()
+
+
+def remember_pool_idle(r: redis.Redis, prefix: str, pool: Pool, read: PollState, seconds: float) -> None:
+    """No unassigned work for `pool` in state `read`: its free agents' polls are answered from Redis."""
+    ms = int(seconds * 1000)
+    if ms > 0:
+        r.set(pool_key(prefix, pool.key), read.version, px=ms)
