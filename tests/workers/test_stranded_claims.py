@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis as redis_lib
 import requests
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from orchestrator.client import AgentClient, Work
 from orchestrator.credentials import issue_credential
@@ -322,8 +322,12 @@ def test_web_worker_killed_after_claims_committed(db, redis, migrated, stack, ca
     proxy.set("up")
     for t in lost:
         t.join(30)
-    with beat(db, redis, migrated), Crew(server.url, {a: keys[a] for a in (returning, helper)}, timeout=5) as crew:
-        finished = wait_until(db, ids, 8)
+    with Crew(server.url, {a: keys[a] for a in (returning, helper)}, timeout=5) as crew:
+        # The sweeper starts once the returning agent has its claim back: on a busy machine its first
+        # poll may come later than CLAIM_ACK_SECONDS, and the claim would expire first.
+        _wait_for_acknowledged(db, ids, returning)
+        with beat(db, redis, migrated):
+            finished = wait_until(db, ids, 8)
     assert_clean_finish(db, crew, ids, 8)
     with db.reading() as s:
         expired = s.scalars(select(ExecutionEvent.agent_id).where(ExecutionEvent.execution_id.in_(ids),
@@ -336,6 +340,18 @@ def _poll_once(base_url: str, agent_id: str, key: str) -> None:
     with suppress(requests.RequestException):  # the answer is lost with the process: that is the point
         requests.get(f"{base_url}/api/agents/{agent_id}/work", headers={"Authorization": f"Bearer {key}"},
                      timeout=30)
+
+
+def _wait_for_acknowledged(db: Database, ids: list[str], agent_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with db.reading() as s:
+            if s.scalar(select(func.count()).select_from(ExecutionSubtask).where(
+                    ExecutionSubtask.execution_id.in_(ids), ExecutionSubtask.agent_id == agent_id,
+                    ExecutionSubtask.acknowledged_at.is_not(None))):
+                return
+        assert time.monotonic() < deadline, f"{agent_id} did not report on its claim"
+        time.sleep(0.05)
 
 
 def _wait_for_claims(db: Database, ids: list[str], n: int) -> None:
