@@ -72,6 +72,7 @@ ACTION = "send_email"
 _LUA = r"""
 local agents = %(agents)s
 local pace_ms = %(pace_ms)d
+local offset = %(offset)d
 local threads = {}
 local next_id = 0
 
@@ -89,7 +90,7 @@ end
 
 function request()
   counter = counter + 1
-  local a = agents[((counter + tid * 7919) %% #agents) + 1]
+  local a = agents[((counter + offset + tid * 7919) %% #agents) + 1]
   return wrk.format("GET", a[1], {["Authorization"] = a[2]})
 end
 
@@ -175,11 +176,13 @@ def run_wrk_script(url: str, script: str, duration_s: float, threads: int, conne
     return Load(wrk, claims)
 
 
-def poll_script(agents: list[tuple[str, str]], pace_ms: int = 0) -> str:
+def poll_script(agents: list[tuple[str, str]], pace_ms: int = 0, offset: int | None = None) -> str:
     """The poll load; `pace_ms` makes each connection wait that long before each request (an offered
-    rate of about connections × 1000 / pace_ms polls a second)."""
+    rate of about connections × 1000 / pace_ms polls a second). Each wrk thread goes round the agents
+    from its own place, moved by `offset` (random by default: a run must not start where the last did)."""
     rows = ",\n".join(f'{{"/api/agents/{a}/work", "Bearer {k}"}}' for a, k in agents)
-    return _LUA % {"agents": "{\n" + rows + "\n}", "pace_ms": pace_ms}
+    return _LUA % {"agents": "{\n" + rows + "\n}", "pace_ms": pace_ms,
+                   "offset": secrets.randbelow(len(agents)) if offset is None else offset}
 
 
 # -- the scene -------------------------------------------------------------------------------------
@@ -328,10 +331,13 @@ def db_transactions(db: Database) -> int:
 
 
 def warm_up(stack: Stack, scene: Scene, args: argparse.Namespace) -> None:
-    """Unmeasured: each web process answers each agent, as in a stack that has been up a while (a
-    process learns an agent's pool from its first answer; orchestrator/ready_work.py)."""
-    run_wrk_script(stack.url, poll_script(scene.agents), max(2, 3 * len(scene.agents) // 500), args.wrk_threads,
-                   args.connections)
+    """Unmeasured: every agent polls a few times, so that each web process has answered it, as in a
+    stack that has been up a while (a process learns an agent's pool from a first answer from the
+    database; orchestrator/ready_work.py)."""
+    sent = 0
+    while sent < 4 * len(scene.agents):  # each run goes on round the agents from where the last one stopped
+        sent += run_wrk_script(stack.url, poll_script(scene.agents, offset=sent // args.wrk_threads), 2,
+                               args.wrk_threads, args.connections).wrk.requests
 
 
 def metered(meter: CpuMeter, run: Callable[[], Load]) -> Load:

@@ -19,7 +19,7 @@ warm-up (probes, then a burst of load) reaches every web and worker process once
 Prints p50/p95/p99/max (medians of --repeat runs), the load achieved and the CPU each part of the
 stack used under load.
 
-    python bench/stream_latency.py --baseline /tmp/base   # e.g. after `git worktree add /tmp/base HEAD`
+    python bench/stream_latency.py --baseline /tmp/base   # /tmp/base: another checkout of the project
 
 With --baseline, the web tier of that other checkout runs beside ours on the same database, Redis
 and channel, with as many sockets of its own: both relays get the same messages at the same moment,

@@ -20,7 +20,7 @@
 | HEARTBEAT_WINDOW_SECONDS | 600 | an agent silent this long loses the subtasks it holds |
 | CLAIM_ACK_SECONDS | 60 | a claim with no report from its agent this long goes back to the queue, attempt unchanged |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
-| POLL_IDLE_SECONDS | 30 | how long, at most, an idle agent's polls are answered from Redis while no work moves |
+| POLL_IDLE_SECONDS | 60 | how long, at most, an idle agent's polls are answered from Redis while no work moves |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
 | LOG_LEVEL | INFO | |
 | DECOMPOSER | auto | template, llm, or auto (llm when LLM_BASE_URL is set) |
@@ -180,7 +180,7 @@ class Settings:
             heartbeat_window_seconds=_int(env, "HEARTBEAT_WINDOW_SECONDS", 600),
             claim_ack_seconds=max(1, _int(env, "CLAIM_ACK_SECONDS", 60)),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
-            poll_idle_seconds=max(0.0, _float(env, "POLL_IDLE_SECONDS", 30.0)),
+            poll_idle_seconds=max(0.0, _float(env, "POLL_IDLE_SECONDS", 60.0)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),
             decomposer=(env.get("DECOMPOSER") or "auto").lower(),

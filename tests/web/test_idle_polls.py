@@ -1,7 +1,7 @@
 """Idle polls answered from Redis (orchestrator/ready_work.py): answered without the database while
 nothing moves, and never to the cost of work that is ready. Each way work becomes ready (or a
 holder's answer changes) is made to happen after the agent's polls found nothing, and the next poll
-must see it; the markers live POLL_IDLE_SECONDS (30 s) here, far longer than any test waits, so only
+must see it; the markers live POLL_IDLE_SECONDS (60 s) here, far longer than any test waits, so only
 the change itself can send a poll back to the database."""
 
 from __future__ import annotations

@@ -189,9 +189,8 @@ def test_a_partial_write_is_finished_by_the_sockets_thread_in_order(relay) -> No
     received: list[dict] = []
     reader = threading.Thread(target=lambda: received.extend(read_messages(client, 41)))
     reader.start()
-    while data := sub.take():  # what the socket's own thread does (web/live.py's _pump)
-        server.sendall(data)
-    sub.offer([(41, text_frame(orjson.dumps(event(41))))])  # live again: straight out, after the rest
+    pump(sub, server)
+    sub.offer([(41, text_frame(orjson.dumps(event(41))))])  # behind the rest, whichever way it goes
     reader.join(20)
     assert [m["seq"] for m in received] == list(range(1, 42))
 
