@@ -165,6 +165,24 @@ def receive_events(ws, n: int, timeout: float = 10) -> list[dict]:
     return got
 
 
+def subscribed(live_server, user_id: str) -> int:
+    """Sockets of `user_id` the live server's relay has subscribed."""
+    relay = live_server.app.extensions.get("relay")
+    if relay is None:
+        return 0
+    with relay._lock:
+        return sum(1 for subs in relay._subs.values() for sub in subs if sub.principal.id == user_id)
+
+
+def wait_subscribed(live_server, user_id: str) -> None:
+    """The server subscribes a socket after the handshake the client saw, and what is published
+    before that is not for it: wait until it has, before publishing."""
+    deadline = time.monotonic() + 10
+    while not subscribed(live_server, user_id):
+        assert time.monotonic() < deadline, "the server did not subscribe the socket"
+        time.sleep(0.01)
+
+
 def connect(live_server, token: str, since: str | None = None, path: str = "/api/stream"):
     query = f"?token={token}" + (f"&since={since}" if since else "")
     return simple_websocket.Client.connect(ws_url(live_server, path + query))
@@ -176,6 +194,7 @@ def test_reconnect_gets_exactly_what_it_missed_in_commit_order(db, redis, migrat
     token = stream_token(live_server, user_token)
     early = event_id()  # minted before anything the socket sees, committed after it lost the socket
     ws = connect(live_server, token)
+    wait_subscribed(live_server, owner)
     try:
         seen = commit_events(db, redis, migrated, owner, [ex1, ex2])
         live = receive_events(ws, 2)
@@ -258,6 +277,7 @@ def test_since_must_name_an_event_the_viewer_may_see(db, redis, migrated, live_s
 def test_the_relay_delivers_in_commit_order_whatever_the_publish_order(db, redis, migrated, live_server) -> None:
     owner, user_token, executions = owner_with_executions(db, 3)
     ws = connect(live_server, stream_token(live_server, user_token))
+    wait_subscribed(live_server, owner)
     try:
         messages = []
         for ex in executions:  # three commits, as three shards' workers would make them
@@ -285,6 +305,7 @@ def test_frames_are_plain_text_even_for_a_client_that_offers_compression(db, red
         conn.receive_data(sock.recv(4096))
         accepted = next((e for e in conn.events() if isinstance(e, AcceptConnection)), None)
     assert accepted.extensions == []
+    wait_subscribed(live_server, owner)
     (eid,) = commit_events(db, redis, migrated, owner, [ex1])
     data = b""
     while len(data) < 4 or len(data) < 4 + int.from_bytes(data[2:4], "big"):
