@@ -22,9 +22,10 @@ stack used under load.
     python bench/stream_latency.py --baseline /tmp/base   # /tmp/base: another checkout of the project
 
 With --baseline, the web tier of that other checkout runs beside ours on the same database, Redis
-and channel, with as many sockets of its own: both relays get the same messages at the same moment,
-and their hops to the sockets are printed side by side, with the ratio (the machine's noise hits
-both alike).
+and channel, with as many sockets of its own, and takes every other probe and half of the load (so
+that request threads compete with each relay alike): both relays get the same messages at the same
+moment, and their hops to the sockets are printed side by side, with the ratio (the machine's noise
+hits both alike).
 """
 
 from __future__ import annotations
