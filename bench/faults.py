@@ -55,25 +55,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import migrations  # noqa: E402
-from bench.ingest import free_port, fresh_stack_env  # noqa: E402
+from bench.ingest import bench_parser, free_port, fresh_stack_env  # noqa: E402
 from orchestrator.client import AgentClient, Work  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
 from orchestrator.events.dead_letters import DeadLetters  # noqa: E402
 from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry  # noqa: E402
 from orchestrator.executions import create_execution  # noqa: E402
-from orchestrator.models import (  # noqa: E402
-    Agent,
-    Execution,
-    ExecutionEvent,
-    ExecutionSubtask,
-    ExecutionTask,
-    Plan,
-    PlanSubtask,
-    PlanTask,
-    User,
-    utcnow,
-)
+from orchestrator.models import Agent, Plan, PlanSubtask, PlanTask, User, utcnow  # noqa: E402
+from orchestrator.models.events import ExecutionEvent  # noqa: E402
+from orchestrator.models.executions import Execution, ExecutionSubtask, ExecutionTask  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 FAULTS = ("worker", "web", "redis", "postgres")
@@ -290,13 +281,13 @@ def queued_event_ids(r: redis_lib.Redis, prefix: str, shards: int) -> set[str]:
 @dataclass
 class RoundResult:
     fault: str
+    recovery: float | None = None  # seconds from the fault until every execution finished
+    notes: list[str] = field(default_factory=list)
     accepted: int = 0
     lost: int = 0
     twice: int = 0
     stranded_subtasks: int = 0
     stranded_executions: int = 0
-    recovery: float | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def count_damage(engine: Engine, r: redis_lib.Redis, prefix: str, shards: int, scene: Scene, tally: Tally,
@@ -451,9 +442,7 @@ def print_table(args: argparse.Namespace, results: list[RoundResult]) -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
-                    help="an existing database to connect to for CREATE/DROP DATABASE")
+    ap = bench_parser(__doc__, redis=False)  # it starts and kills its own Redis
     ap.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, in order, from {FAULTS}")
     ap.add_argument("--executions", type=int, default=16)
     ap.add_argument("--subtasks", type=int, default=40, help="per execution, independent of each other")

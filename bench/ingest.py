@@ -59,6 +59,17 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def bench_parser(doc: str | None, *, pg: bool = True, redis: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the services a bench connects to: --pg and --redis, unless told not."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if pg:
+        ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"),
+                        help="an existing database, used to CREATE and DROP the bench's own")
+    if redis:
+        ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    return ap
+
+
 def free_port() -> int:
     import socket
 
@@ -440,9 +451,7 @@ def summarize_profile(path: Path, top: int = 25) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap = bench_parser(__doc__)
     ap.add_argument("--agents", type=int, default=64)
     ap.add_argument("--duration", type=int, default=15, help="seconds of each wrk run")
     ap.add_argument("--connections", type=int, default=64)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shutil
 import statistics
@@ -55,8 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import migrations  # noqa: E402
-from bench.ingest import SAMPLE_RATE, CpuMeter, Stack, clean_up, fresh_stack_env, summarize_profile  # noqa: E402
-from bench.wrk import WrkResult, ensure_wrk  # noqa: E402
+from bench.ingest import SAMPLE_RATE, CpuMeter, Stack, bench_parser, clean_up, fresh_stack_env, summarize_profile  # noqa: E402
+from bench.wrk import THREADS_LUA, WrkResult, ensure_wrk  # noqa: E402
 from orchestrator.credentials import Principal, issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
 from orchestrator.effects import AfterCommit, carry_out  # noqa: E402
@@ -69,18 +68,9 @@ ACTION = "send_email"
 
 # Rotates over the agents (thread t starts at a different one), each request with its agent's key;
 # counts answers by status and keeps each 200's claim (execution, subtask, attempt, redelivered?).
-_LUA = r"""
+_LUA = THREADS_LUA + r"""
 local agents = %(agents)s
-local pace_ms = %(pace_ms)d
 local offset = %(offset)d
-local threads = {}
-local next_id = 0
-
-function setup(thread)
-  thread:set("tid", next_id)
-  next_id = next_id + 1
-  table.insert(threads, thread)
-end
 
 function init(args)
   counter = 0
@@ -92,10 +82,6 @@ function request()
   counter = counter + 1
   local a = agents[((counter + offset + tid * 7919) %% #agents) + 1]
   return wrk.format("GET", a[1], {["Authorization"] = a[2]})
-end
-
-if pace_ms > 0 then
-  function delay() return pace_ms end
 end
 
 function response(status, headers, body)
@@ -404,9 +390,7 @@ def print_table(args: argparse.Namespace, rounds: dict[str, list[tuple[Load, Cla
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap = bench_parser(__doc__)
     ap.add_argument("--agents", type=int, default=200)
     ap.add_argument("--ready-executions", type=int, default=40, help="executions queued before each poll run")
     ap.add_argument("--subtasks", type=int, default=5, help="ready subtasks per execution")

@@ -17,9 +17,7 @@ of the GIL for each write, the baseline) against the relay's `send_now` (which k
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
-import os
 import secrets
 import socket
 import sys
@@ -32,6 +30,7 @@ import redis as redis_lib
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ingest import bench_parser  # noqa: E402
 from orchestrator.credentials import Principal  # noqa: E402
 from web.relay import Relay, Subscriber, send_now, text_frame  # noqa: E402
 
@@ -151,8 +150,7 @@ def convoy(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap = bench_parser(__doc__, pg=False)
     ap.add_argument("--sockets", type=int, default=100)
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--burst", type=int, action="append", help="messages per burst (repeatable)")

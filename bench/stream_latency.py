@@ -30,7 +30,6 @@ hits both alike).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -56,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import migrations  # noqa: E402
-from bench.ingest import Stack, clean_up, event_body, free_port, fresh_stack_env, pct, setup_scene  # noqa: E402
+from bench.ingest import Stack, bench_parser, clean_up, event_body, free_port, fresh_stack_env, pct, setup_scene  # noqa: E402
 from bench.wrk import ensure_wrk  # noqa: E402
 from bench.ws_listen import accepted_at  # noqa: E402
 from cli.main import gunicorn_argv  # noqa: E402
@@ -456,9 +455,7 @@ def run(args, stack: Stack, env: dict[str, str], scene, tiers: list[Tier],
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
-    ap.add_argument("--redis", default=os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0"))
+    ap = bench_parser(__doc__)
     ap.add_argument("--sockets", type=int, default=100)
     ap.add_argument("--load", type=int, default=1000, help="background events per second")
     ap.add_argument("--batch", type=int, default=100, help="events per load request")

@@ -17,9 +17,10 @@ from pathlib import Path
 # Statuses counted one by one; anything else falls under "other".
 _STATUSES = (200, 201, 202, 204, 400, 401, 404, 409, 413, 422, 429, 500, 503)
 
-_LUA = r"""
-local templates = %(templates)s
-local statuses = {%(statuses)s}
+# What every script of ours starts with, %-formatted with the script: each thread gets a number
+# (`tid`, so no two threads make the same request) and is kept for `done`; `pace_ms` paces each
+# connection when above 0.
+THREADS_LUA = r"""
 local pace_ms = %(pace_ms)d
 local threads = {}
 local next_id = 0
@@ -29,6 +30,15 @@ function setup(thread)
   next_id = next_id + 1
   table.insert(threads, thread)
 end
+
+if pace_ms > 0 then
+  function delay() return pace_ms end
+end
+"""
+
+_LUA = THREADS_LUA + r"""
+local templates = %(templates)s
+local statuses = {%(statuses)s}
 
 function init(args)
   counter = 0
@@ -43,10 +53,6 @@ function request()
   local path = string.gsub(t.path, "{n}", n)
   local body = t.body and string.gsub(t.body, "{n}", n) or nil
   return wrk.format(t.method, path, t.headers, body)
-end
-
-if pace_ms > 0 then
-  function delay() return pace_ms end
 end
 
 function response(status, headers, body)

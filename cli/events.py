@@ -10,8 +10,8 @@ import json
 import click
 import redis as redis_lib
 
+from cli.errors import one_line_errors
 from orchestrator.embedded_redis import resolved_redis_url
-from orchestrator.errors import NotFound
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.settings import Settings
 from workers.celery_app import create_celery
@@ -55,25 +55,21 @@ def list_dead_letters(limit: int = 100, as_json: bool = False) -> None:
 
 @dead_letters.command("requeue")
 @click.argument("ident")
+@one_line_errors()
 def requeue(ident: str) -> None:
     """Put one back at the end of its shard (after the cause is fixed) and trigger a drain."""
     settings, store = _dead_letters()
     celery_app = create_celery(settings)
-    try:
-        dl = store.requeue(ident, settings.ingest_shards,
-                           lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]))
-    except NotFound as exc:
-        raise click.ClickException(exc.message) from exc
+    dl = store.requeue(ident, settings.ingest_shards,
+                       lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]))
     click.echo(f"requeued {dl.event_id or dl.id}")
 
 
 @dead_letters.command("drop")
 @click.argument("ident")
+@one_line_errors()
 def drop(ident: str) -> None:
     """Forget one for good (its outcome stays `rejected`)."""
     _, store = _dead_letters()
-    try:
-        dl = store.drop(ident)
-    except NotFound as exc:
-        raise click.ClickException(exc.message) from exc
+    dl = store.drop(ident)
     click.echo(f"dropped {dl.event_id or dl.id}")

@@ -5,22 +5,18 @@ Errors are one line on stderr and a non-zero exit (never a traceback); nothing i
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import click
-from marshmallow import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
+from cli.errors import one_line_errors
 from orchestrator.credentials import Principal
 from orchestrator.db import Database
 from orchestrator.decomposition.service import ApplyTo, agent_access, decompose_task, task_request
-from orchestrator.errors import DomainError
 from orchestrator.models import User, utcnow
 from orchestrator.plan_files import dump_plan
 from orchestrator.plan_import import plan_data_from_files
@@ -53,27 +49,6 @@ def _database(settings: Settings) -> Iterator[Database]:
         db.dispose()
 
 
-def _details(details: dict[str, Any]) -> str:
-    return f" ({json.dumps(details, default=str)[:400]})" if details else ""
-
-
-def _one_line_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    """Domain and input errors become ClickException (exit 1, one line); so do database errors."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except DomainError as exc:
-            raise click.ClickException(exc.message + _details(exc.details)) from exc
-        except ValidationError as exc:
-            raise click.ClickException(f"The plan is not valid: {json.dumps(exc.messages)[:600]}") from exc
-        except SQLAlchemyError as exc:
-            raise click.ClickException(f"Database error: {str(exc).splitlines()[0]}") from exc
-
-    return wrapper
-
-
 def _principal(db: Database, username: str | None, settings: Settings) -> Principal:
     """The user the command acts for: --owner, else the configured admin user."""
     name = username or settings.admin_user
@@ -102,7 +77,7 @@ def _read_input(path: Path) -> tuple[dict[str, str | bytes], str | None]:
 @plans.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--owner", help="user name of the plan's owner (default: ORCHESTRATOR_ADMIN_USER)")
-@_one_line_errors
+@one_line_errors("plan")
 def import_cmd(path: Path, owner: str | None) -> None:
     """Import PATH: a PlanExe output folder or file, or a plan file (YAML/JSON)."""
     files, fmt = _read_input(path)
@@ -121,7 +96,7 @@ def import_cmd(path: Path, owner: str | None) -> None:
 @plans.command("export")
 @click.argument("plan_id")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-@_one_line_errors
+@one_line_errors("plan")
 def export_cmd(plan_id: str, fmt: str) -> None:
     """Write plan PLAN_ID to stdout in the plan file format."""
     with _database(_settings()) as db, db.reading() as s:
@@ -135,7 +110,7 @@ def export_cmd(plan_id: str, fmt: str) -> None:
 @click.option("--agent", "agent_id", required=True, help="the agent whose capabilities bound the actions")
 @click.option("--apply", "apply_", is_flag=True, help="store it when confidence reaches the threshold")
 @click.option("--replace", is_flag=True, help="with --apply: overwrite the task's existing subtasks")
-@_one_line_errors
+@one_line_errors("plan")
 def decompose_cmd(plan_id: str, task_id: str, agent_id: str, apply_: bool, replace: bool) -> None:
     """Decompose task TASK_ID of plan PLAN_ID for agent AGENT_ID; print the guide's response as JSON."""
     admin = Principal("user", "cli", is_admin=True)

@@ -8,7 +8,6 @@ output, when it is issued; listings show its id, name and first characters only.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import sys
@@ -20,9 +19,9 @@ from typing import Any
 import click
 import redis as redis_lib
 
+from cli.errors import REDIS_AFTER_COMMIT, one_line_errors
 from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
-from orchestrator.errors import DomainError
 from orchestrator.models import utcnow
 from orchestrator.settings import Settings
 from orchestrator.users import Accounts, NewUser, token_view, user_view
@@ -41,22 +40,6 @@ def _accounts() -> Iterator[Accounts]:
     finally:
         r.close()
         db.dispose()
-
-
-def _one_line_errors(fn: Callable[..., None]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except DomainError as exc:
-            raise click.ClickException(exc.message) from exc
-        except redis_lib.RedisError as exc:
-            # The database has the change; the web processes were not told, so their caches may let
-            # the old access through for up to 30 s (web/principal_cache.py).
-            raise click.ClickException(f"Done in the database, but Redis could not be told ({exc}); "
-                                       "running web processes may allow the old access for 30 s.") from exc
-
-    return wrapper
 
 
 def _password(from_stdin: bool) -> str:
@@ -87,7 +70,7 @@ def users() -> None:
 @click.option("--email", default=None)
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
 @click.option("--no-password", is_flag=True, help="no dashboard login; API tokens only")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def create_user(username: str, admin: bool, display_name: str | None, email: str | None, password_stdin: bool,
                 no_password: bool) -> None:
     """Create user USERNAME (asks for its password)."""
@@ -99,7 +82,7 @@ def create_user(username: str, admin: bool, display_name: str | None, email: str
 
 @users.command("list")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def list_users(as_json: bool) -> None:
     """Every user: username, id, admin, active."""
     with _accounts() as accounts:
@@ -109,30 +92,25 @@ def list_users(as_json: bool) -> None:
         f"{'active' if u['is_active'] else 'deactivated ' + (u['deactivated_at'] or '')}  created={u['created_at']}"))
 
 
-@users.command("deactivate")
-@click.argument("username")
-@_one_line_errors
-def deactivate(username: str) -> None:
-    """Deactivate USERNAME: its sessions, tokens, stream tokens and open streams stop working at once."""
-    with _accounts() as accounts:
-        accounts.deactivate(accounts.id_of(username))
-    click.echo(f"deactivated {username}")
+def _access_command(verb: str, help_text: str) -> None:
+    @users.command(verb, help=help_text)
+    @click.argument("username")
+    @one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
+    def command(username: str) -> None:
+        with _accounts() as accounts:
+            getattr(accounts, verb)(accounts.id_of(username))
+        click.echo(f"{verb}d {username}")
 
 
-@users.command("activate")
-@click.argument("username")
-@_one_line_errors
-def activate(username: str) -> None:
-    """Activate USERNAME again (its tokens that were not revoked work again; it logs in anew)."""
-    with _accounts() as accounts:
-        accounts.activate(accounts.id_of(username))
-    click.echo(f"activated {username}")
+_access_command("deactivate", "Deactivate USERNAME: its sessions, tokens, stream tokens and open streams stop "
+                              "working at once.")
+_access_command("activate", "Activate USERNAME again (its tokens that were not revoked work again; it logs in anew).")
 
 
 @users.command("set-password")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def set_password(username: str, password_stdin: bool) -> None:
     """Set USERNAME's password; its dashboard sessions end (its API tokens stay)."""
     password = _password(password_stdin)
@@ -167,7 +145,7 @@ def tokens() -> None:
 @click.option("--expires-in", default=None, help="e.g. 90m, 12h, 30d, 8w")
 @click.option("--expires-at", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]),
               default=None, help="a date or time (local time)")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def issue(username: str, name: str | None, expires_in: str | None, expires_at: datetime | None) -> None:
     """Issue a token to USERNAME: printed once, alone on standard output; keep it now."""
     expiry = _expiry(expires_in, expires_at)
@@ -182,7 +160,7 @@ def issue(username: str, name: str | None, expires_in: str | None, expires_at: d
 @tokens.command("list")
 @click.argument("username")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def list_tokens(username: str, as_json: bool) -> None:
     """USERNAME's tokens, newest first: id, name, first characters, status, expiry."""
     with _accounts() as accounts:
@@ -194,7 +172,7 @@ def list_tokens(username: str, as_json: bool) -> None:
 
 @tokens.command("revoke")
 @click.argument("token_id")
-@_one_line_errors
+@one_line_errors(redis_hint=REDIS_AFTER_COMMIT)
 def revoke(token_id: str) -> None:
     """Revoke token TOKEN_ID (see `tokens list`): refused at once by every web process."""
     with _accounts() as accounts:

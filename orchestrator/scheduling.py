@@ -339,16 +339,16 @@ def _hand_out(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, agent_
               result: ClaimResult) -> None:
     """The claim itself, on the locked execution: the subtask is the agent's, and the answer says so."""
     ex = g.execution
-    before = (ex.status, ex.current_task_id)
     start_subtask(g, sub, agent_id, now)
     if ex.status == ExecutionStatus.QUEUED:
         move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
     result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))
     result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
-    if (ex.status, ex.current_task_id) != before:  # the dashboard shows status and current task only
-        title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
-                                                            PlanTask.id == ex.current_task_id))
-        result.after.messages.append(execution_update(ex, title, now))
+    # Always, even when the execution's status and current task stay: the execution page shows each
+    # subtask's state, and a claim moves one (QUEUED -> RUNNING) with no event of its own.
+    title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
+                                                        PlanTask.id == ex.current_task_id))
+    result.after.messages.append(execution_update(ex, title, now))
 
 
 def _claim_candidate(session: Session, agent_id: str, params: dict[str, Any],

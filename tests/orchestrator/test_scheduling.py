@@ -55,6 +55,22 @@ def test_first_claim_starts_the_execution_and_heartbeats(db) -> None:
         assert s.get(Agent, scene.agent_id).last_heartbeat is not None
 
 
+def test_every_claim_tells_the_dashboard_even_when_the_execution_stays_as_it_was(db) -> None:
+    # The execution page shows each subtask's state: a second claim in a running execution moves a
+    # subtask but neither the execution's status nor its current task, and must still be published.
+    scene = queued_execution(db, n_tasks=1, n_subtasks=2)
+    first = claim(db, scene.agent_id)
+    with db.unit_of_work() as s:
+        g = load_graphs(s, [scene.execution_id])[scene.execution_id]
+        complete_subtask(g, g.subtasks["task_0_a"], {"message": "ok"}, utcnow())
+    second = claim(db, scene.agent_id)
+    for result in (first, second):
+        updates = [m for m in result.after.messages if m["type"] == "execution_update"]
+        assert [(m["execution_id"], m["status"], m["progress"]["current_task_id"]) for m in updates] == [
+            (scene.execution_id, "RUNNING", "task_0")]
+    assert second.after.transitions == []
+
+
 def test_filters(db) -> None:
     scene = queued_execution(db, n_subtasks=1)
     assert claim(db, scene.agent_id, {"make_phone_call"}).payload is None

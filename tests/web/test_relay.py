@@ -58,6 +58,19 @@ def event(seq: int, execution_id: str = "exec_a", owner_id: str = "user_mark", s
             "owner_id": owner_id, "message": "x" * size}
 
 
+def publish_and_read(redis, relay: Relay, client: socket.socket, n: int, size: int) -> list[int]:
+    """Publish events 1..n in one burst while `client` reads; the sequence numbers it received."""
+    received: list[dict] = []
+    reader = threading.Thread(target=lambda: received.extend(read_messages(client, n)))
+    reader.start()
+    pipe = redis.pipeline(transaction=False)
+    for seq in range(1, n + 1):
+        pipe.publish(relay.channel, orjson.dumps(event(seq, size=size)))
+    pipe.execute()
+    reader.join(30)
+    return [m["seq"] for m in received]
+
+
 @pytest.fixture
 def relay(migrated):
     """A relay on a channel of its own, on the test Redis. Its own client: the thread outlives the test."""
@@ -124,15 +137,7 @@ def test_a_burst_of_large_messages_arrives_whole_and_in_order(redis, relay) -> N
     # for, not given up on (redis-py's timed reads drop the connection, and what it held, if so).
     server, client = tcp_pair()
     pump(live(relay, Subscriber(MARK, None), server), server)
-    received: list[dict] = []
-    reader = threading.Thread(target=lambda: received.extend(read_messages(client, 300)))
-    reader.start()
-    pipe = redis.pipeline(transaction=False)
-    for seq in range(1, 301):
-        pipe.publish(relay.channel, orjson.dumps(event(seq, size=20_000)))
-    pipe.execute()
-    reader.join(30)
-    assert [m["seq"] for m in received] == list(range(1, 301))
+    assert publish_and_read(redis, relay, client, 300, size=20_000) == list(range(1, 301))
 
 
 def test_only_the_owner_and_admins_get_a_message_and_a_revocation_reaches_its_grant_only(redis, relay) -> None:
@@ -168,15 +173,7 @@ def test_a_socket_that_stops_reading_is_cut_off_and_the_others_get_everything(re
     slow = live(relay, Subscriber(MARK, None), slow_server)
     fast = live(relay, Subscriber(MARK, None), fast_server)
     pump(fast, fast_server)
-    received: list[dict] = []
-    reader = threading.Thread(target=lambda: received.extend(read_messages(fast_client, 200)))
-    reader.start()
-    pipe = redis.pipeline(transaction=False)
-    for seq in range(1, 201):
-        pipe.publish(relay.channel, orjson.dumps(event(seq, size=2000)))
-    pipe.execute()
-    reader.join(20)
-    assert [m["seq"] for m in received] == list(range(1, 201))
+    assert publish_and_read(redis, relay, fast_client, 200, size=2000) == list(range(1, 201))
     assert slow.overflowed and slow.take() == b""  # its backlog was dropped: it reconnects with since
 
 

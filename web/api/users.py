@@ -40,16 +40,11 @@ def show(user_id: str) -> ResponseReturnValue:
     return jsonify(user_view(accounts().get(user_id)))
 
 
-@bp.post("/<user_id>/deactivate")
+@bp.post("/<user_id>/<any(activate, deactivate):action>")
 @require_admin
-def deactivate(user_id: str) -> ResponseReturnValue:
-    return jsonify(user_view(accounts().deactivate(user_id)))
-
-
-@bp.post("/<user_id>/activate")
-@require_admin
-def activate(user_id: str) -> ResponseReturnValue:
-    return jsonify(user_view(accounts().activate(user_id)))
+def set_access(user_id: str, action: str) -> ResponseReturnValue:
+    """Deactivating ends the user's sessions, tokens and streams at once; activating lets its tokens work again."""
+    return jsonify(user_view(getattr(accounts(), action)(user_id)))
 
 
 @bp.put("/<user_id>/password")
