@@ -210,6 +210,10 @@ def test_resolve_a_blocked_task_from_its_buttons(page, live_server, scene, agent
     blocked.locator('button[data-option="approve_alternative"]').click()
     expect(page.locator("#ex-status")).to_have_text("RUNNING")
     expect(page.locator(".blocked")).to_have_count(0)
+    # Let the page's refresh for the resolve's messages run (150 ms after them) before the claim:
+    # the claim must then reach the page by a message of its own, as it does for people watching.
+    expect(page.locator("#events tbody")).to_contain_text("task_resolved")
+    page.wait_for_timeout(600)
 
     work = agent.claim("task_0_a")
     assert work["next_task"]["params"]["to"] == "info@bittersweetfarm.com" and work["next_task"]["attempt"] == 2
