@@ -59,6 +59,7 @@ from bench.ingest import bench_parser, free_port, fresh_stack_env  # noqa: E402
 from orchestrator.client import AgentClient, Work  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
+from orchestrator.encryption import use_keyring  # noqa: E402
 from orchestrator.events.dead_letters import DeadLetters  # noqa: E402
 from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry  # noqa: E402
 from orchestrator.executions import create_execution  # noqa: E402
@@ -489,7 +490,10 @@ def main() -> None:
         migrations.upgrade(db_url)
         settings = Settings.from_env(env)
         db = Database(settings)
+        # Its own engine (pre-ping: the postgres fault kills every connection), reading the encrypted
+        # columns with the stack's keys.
         engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"), pool_pre_ping=True)
+        use_keyring(engine, db.keyring)
         stack.start()
         print(f"stack up: web {stack.url}, redis {stack.redis_url}, database {dbname}; logs in {log_dir}",
               flush=True)

@@ -29,6 +29,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Engine, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 from orchestrator.settings import Settings, read_encryption_keys
@@ -187,7 +188,10 @@ class _Opaque(Text.Comparator[str]):
     quietly match nothing or sort noise, so anything but IS [NOT] NULL is refused when it is written."""
 
     def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
-        if op not in (operators.is_, operators.is_not):
+        # Column against column is let through: SQLAlchemy itself compares a statement's columns so
+        # (a cached Core statement's result map does, on its second run); a value never is.
+        columns = op in (operators.eq, operators.ne) and all(isinstance(o, ColumnElement) for o in other)
+        if op not in (operators.is_, operators.is_not) and not columns:
             raise TypeError(f"{self.expr} is encrypted: SQL cannot compare, search or order it")
         return super().operate(op, *other, **kwargs)
 

@@ -94,6 +94,21 @@ def test_sql_cannot_compare_or_order_an_encrypted_column() -> None:
             build()
 
 
+def test_a_core_select_of_an_encrypted_column_runs_again_from_the_statement_cache(db: Database) -> None:
+    # On a cache hit SQLAlchemy maps the new statement's columns onto the cached result map, comparing
+    # columns with `==`: the comparator must let column-to-column through (bench/faults.py fell here).
+    with db.unit_of_work() as s:
+        ex = make_execution(s, make_user(s))
+        s.add(ExecutionEvent(id="evt_enc_2", execution_id=ex.id, event_type="note", message=f"mail {EMAIL}"))
+    for _ in range(3):
+        with db.engine.connect() as c:
+            rows = c.execute(select(ExecutionEvent.id, ExecutionEvent.message, ExecutionEvent.outcome)
+                             .where(ExecutionEvent.id == "evt_enc_2")).all()
+        assert [tuple(r) for r in rows] == [("evt_enc_2", f"mail {EMAIL}", None)]
+    with pytest.raises(TypeError, match="is encrypted"):
+        ExecutionEvent.message != "x"  # noqa: B015 - building it is what raises
+
+
 def test_an_engine_without_keys_refuses_encrypted_columns(db: Database, migrated: Settings) -> None:
     with db.unit_of_work() as s:
         plan_id = make_execution(s, make_user(s)).plan_id
