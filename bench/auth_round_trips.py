@@ -105,6 +105,7 @@ def _requests(client: Any, scene: Any, user_token: str) -> dict[str, Callable[[i
 
 
 def measure(repeat: int) -> dict[str, tuple[float, float]]:
+    from tests.signing import SigningClient
     from tests.workers.helpers import claim, queued_execution
     from web.app import create_app
 
@@ -119,6 +120,7 @@ def measure(repeat: int) -> dict[str, tuple[float, float]]:
             claim(db, r, settings, scene, "task_0_a")
             with db.unit_of_work() as s:
                 _, user_token = issue_credential(s, user_id=scene.owner_id)
+            app.test_client_class = SigningClient  # agents sign: their requests carry the nonce's round trip
             client = app.test_client()
             figures: dict[str, tuple[float, float]] = {}
             for name, call in _requests(client, scene, user_token).items():

@@ -54,9 +54,10 @@ from sqlalchemy.engine import Engine
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator_sdk.client import AgentClient, Work  # noqa: E402
+
 import migrations  # noqa: E402
 from bench.ingest import bench_parser, free_port, fresh_stack_env  # noqa: E402
-from orchestrator.client import AgentClient, Work  # noqa: E402
 from orchestrator.credentials import issue_credential  # noqa: E402
 from orchestrator.db import Database  # noqa: E402
 from orchestrator.encryption import use_keyring  # noqa: E402
@@ -67,6 +68,7 @@ from orchestrator.models import Agent, Plan, PlanSubtask, PlanTask, User, utcnow
 from orchestrator.models.events import ExecutionEvent  # noqa: E402
 from orchestrator.models.executions import Execution, ExecutionSubtask, ExecutionTask  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.signing import new_signing_secret  # noqa: E402
 
 FAULTS = ("worker", "web", "redis", "postgres")
 
@@ -77,7 +79,7 @@ from bench.fault_stack import FaultStack, Processes, children  # noqa: E402
 @dataclass
 class Scene:
     owner_id: str
-    agents: list[tuple[str, str]]  # (agent id, API key)
+    agents: list[tuple[str, str, str]]  # (agent id, API key, signing secret)
     execution_ids: list[str]
     subtasks: int
 
@@ -93,11 +95,11 @@ def make_scene(db: Database, round_no: int, n_agents: int, n_executions: int, n_
         agents = []
         for i in range(n_agents):
             agent = Agent(id=f"agent_faults_{tag}_{i}", name=f"faults {i}", owner_id=user.id,
-                          capabilities=[{"action": "send_email", "params": []}])
+                          capabilities=[{"action": "send_email", "params": []}], signing_secret=new_signing_secret())
             s.add(agent)
             s.flush()
             _, key = issue_credential(s, agent_id=agent.id)
-            agents.append((agent.id, key))
+            agents.append((agent.id, key, agent.signing_secret))
         execution_ids = []
         for e in range(n_executions):
             plan = Plan(id=f"plan_faults_{tag}_{e}", goal="fault harness", owner_id=user.id)
@@ -174,8 +176,8 @@ def run_agents(url: str, scene: Scene, tally: Tally, stop: threading.Event, work
         time.sleep(work_ms / 1000)
         return {"done": work.task_id}
 
-    def loop(agent_id: str, key: str) -> None:
-        client = AgentClient(url, agent_id, key, session=RecordingSession(tally), timeout=10)
+    def loop(agent_id: str, key: str, secret: str) -> None:
+        client = AgentClient(url, agent_id, key, signing_secret=secret, session=RecordingSession(tally), timeout=10)
         while not stop.is_set():
             try:
                 client.run(handler, stop=stop, idle_sleep=0.2)
@@ -407,10 +409,10 @@ def run_round(round_no: int, fault: str, args: argparse.Namespace, stack: FaultS
         result.notes.append(f"down at the end: {','.join(dead)} (restarted for the next round)")
         stack.restart_dead()
     try:
-        health = requests.get(stack.url + "/healthz", timeout=5).json()
-        result.notes.append(f"healthz {health.get('status')}/beat {health.get('beat')}")
-    except requests.RequestException as exc:
-        result.notes.append(f"healthz: {type(exc).__name__}")
+        ready = requests.get(stack.url + "/readyz", timeout=5).json()
+        result.notes.append(f"readyz {ready.get('status')}/beat {ready['checks'].get('beat', {}).get('status')}")
+    except (requests.RequestException, KeyError) as exc:
+        result.notes.append(f"readyz: {type(exc).__name__}")
     failures = {k: v for k, v in tally.statuses.items() if not k.startswith("event 2")}
     if failures:
         result.notes.append("answers: " + ", ".join(f"{k}×{v}" for k, v in sorted(failures.items())))

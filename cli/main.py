@@ -4,41 +4,43 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
 import migrations
+from cli.agents import agents
+from cli.archive import archive
+from cli.demo import demo
 from cli.events import events
 from cli.keys import keys
 from cli.plans import plans
+from cli.supervise import Children, StopRequest, say
 from cli.users import tokens, users
-from orchestrator.bootstrap import ensure_admin
+from orchestrator.bootstrap import admin_can_log_in, ensure_admin
 from orchestrator.db import Database
-from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_redis
+from orchestrator.embedded_redis import ensure_embedded_redis
 from orchestrator.encryption_keys import check_keys
 from orchestrator.log_masking import install_log_masking
+from orchestrator.metrics import metrics_env
 from orchestrator.settings import Settings
-
-# A child that exits is restarted, unless it did so this many times within the window: then it is
-# not a passing fault (Redis away for a moment) but a broken setup, and the stack stops.
-RESTART_LIMIT = 5
-RESTART_WINDOW_SECONDS = 60.0
 
 
 def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _prepare_database(settings: Settings) -> None:
+def _prepare_database(settings: Settings) -> bool:
+    """Migrate, check the keys, create the admin the environment names; whether an admin can log in."""
     db = Database(settings)
     try:
         migrations.upgrade(settings.database_url, keyring=db.keyring)
         check_keys(db)  # keys that cannot read the stored data stop the stack before it starts
         if settings.admin_token:
             ensure_admin(db, settings.admin_user, settings.admin_token, settings.admin_password)
+        return admin_can_log_in(db)
     finally:
         db.dispose()
 
@@ -117,91 +119,79 @@ def db_check() -> None:
 @click.option("--threads", default=32, show_default=True, type=int)
 @click.option("--concurrency", default=2, show_default=True, type=int, help="Celery worker processes")
 def up(host: str, port: int, web_workers: int, threads: int, concurrency: int) -> None:
-    """Run the whole stack: web, worker and scheduler (and Redis, when REDIS_URL is unset)."""
+    """Run the whole stack: web, worker and scheduler (and Redis, when REDIS_URL is unset).
+
+    \b
+    It creates its data folder (ORCHESTRATOR_DATA_DIR), migrates the database,
+    and runs its children in one process group of their own:
+    - SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closing) stops them
+      all, the embedded Redis last, and exits 0 once each stopped cleanly;
+      1 if one failed while stopping or had to be killed after 15 s;
+    - a child that exits on its own is restarted, up to 5 times within 60 s;
+      its 6th exit within 60 s is a crash loop: every other child is
+      stopped and `up` exits non-zero (the child's exit code, or 1);
+    - should `up` itself be killed, its children get SIGTERM.
+    """
     settings = _settings()
-    started_redis = False
-    redis_url = settings.redis_url
-    if not redis_url:
-        redis_url, started_redis = ensure_embedded_redis(settings.data_dir)
-        click.echo(f"embedded Redis at {redis_url}")
-    _prepare_database(settings)
-    env = _child_env(settings, redis_url)
-    commands = {
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stop = StopRequest()
+    children = Children()
+    code = 0
+    try:
+        redis_url = settings.redis_url
+        if not redis_url:
+            redis_url, _ = ensure_embedded_redis(
+                settings.data_dir, start=lambda argv: children.start("redis", argv, dict(os.environ)))
+            click.echo(f"embedded Redis at {redis_url}")
+        can_log_in = _prepare_database(settings)
+        # Every process of the host writes its metrics to one folder; a scrape of the web adds them up.
+        env = metrics_env(_child_env(settings, redis_url), settings.data_dir)
+        for name, argv in _stack_commands(settings, host, port, web_workers, threads, concurrency).items():
+            children.start(name, argv, env)
+        _next_steps(settings, f"http://{host}:{port}", can_log_in)
+        while not stop and code == 0:
+            code = children.check()
+            time.sleep(0.2)
+        if stop.signum is not None:
+            say(f"{signal.Signals(stop.signum).name}: stopping the stack")
+    finally:
+        clean = children.stop(last="redis")
+        if "redis" in children.procs:
+            (settings.data_dir / "redis.pid").unlink(missing_ok=True)
+    sys.exit(code or (0 if clean else 1))
+
+
+def _stack_commands(settings: Settings, host: str, port: int, web_workers: int, threads: int,
+                    concurrency: int) -> dict[str, list[str]]:
+    return {
         "web": gunicorn_argv(host, port, web_workers, threads),
         "worker": celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency)),
         "beat": celery_argv("beat", "--loglevel", settings.log_level),
     }
-    children = {name: subprocess.Popen(argv, env=env) for name, argv in commands.items()}
-    click.echo(f"serving on http://{host}:{port}  (data in {settings.data_dir}; Ctrl-C stops)")
-
-    stopping = False
-
-    def _stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    code = 0
-    restarts = _Restarts()
-    try:
-        while not stopping:
-            code = _supervise(children, commands, env, restarts)
-            stopping = stopping or code != 0
-            time.sleep(0.5)
-    finally:
-        _terminate(children.values())
-        if started_redis:
-            stop_embedded_redis(settings.data_dir)
-    sys.exit(code)
 
 
-class _Restarts:
-    """Recent restarts per process: a crash is restarted, a crash loop stops the stack."""
-
-    def __init__(self, limit: int = RESTART_LIMIT, window: float = RESTART_WINDOW_SECONDS) -> None:
-        self.limit, self.window = limit, window
-        self._times: dict[str, list[float]] = {}
-
-    def allow(self, name: str) -> bool:
-        now = time.monotonic()
-        recent = [t for t in self._times.get(name, []) if now - t < self.window] + [now]
-        self._times[name] = recent
-        return len(recent) <= self.limit
-
-
-def _supervise(children: dict[str, subprocess.Popen], commands: dict[str, list[str]], env: dict[str, str],
-               restarts: _Restarts) -> int:
-    """Restart any child that exited (a worker dies when Redis goes away, a bug in kombu's reconnection);
-    return a non-zero exit code when one keeps crashing, so that the stack stops and says why."""
-    for name, proc in children.items():
-        if proc.poll() is None:
-            continue
-        if not restarts.allow(name):
-            click.echo(f"{name} exited with {proc.returncode} {restarts.limit} times within "
-                       f"{restarts.window:.0f} s; stopping the stack", err=True)
-            return proc.returncode or 1
-        click.echo(f"{name} exited with {proc.returncode}; restarting it", err=True)
-        children[name] = subprocess.Popen(commands[name], env=env)
-    return 0
+def _next_steps(settings: Settings, url: str, can_log_in: bool) -> None:
+    """Where to go from here: the dashboard, who logs in, the docs."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    click.echo(f"serving on {url}  (data in {settings.data_dir}; Ctrl-C stops)")
+    click.echo(f"  dashboard: {url}/")
+    if settings.admin_password:
+        click.echo(f"  log in as {settings.admin_user} with the password in ORCHESTRATOR_ADMIN_PASSWORD")
+    elif can_log_in:
+        click.echo("  log in as an admin user (`orchestrator users list` shows them)")
+    else:
+        click.echo("  no one can log in yet: create an admin, in another terminal with the same environment:\n"
+                   "    orchestrator users create admin --admin\n"
+                   "  (or start with ORCHESTRATOR_ADMIN_TOKEN and ORCHESTRATOR_ADMIN_PASSWORD set)")
+    click.echo(f"  API: {url}/api, with a token from `orchestrator tokens issue USER`; health: {url}/healthz")
+    click.echo(f"  docs: {readme if readme.exists() else 'README.md'} and docs/ beside it")
 
 
-def _terminate(procs: object) -> None:
-    procs = list(procs)  # type: ignore[call-overload]
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + 15
-    for proc in procs:
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def _exec(argv: list[str], settings: Settings) -> None:
+def _exec(argv: list[str], settings: Settings, metrics: bool = False) -> None:
     redis_url = settings.redis_url or ensure_embedded_redis(settings.data_dir)[0]
     env = _child_env(settings, redis_url)
+    if metrics:  # the web and workers count; beat counts nothing and needs no writable folder
+        env = metrics_env(env, settings.data_dir)
     os.execvpe(argv[0], argv, env)
 
 
@@ -212,7 +202,7 @@ def _exec(argv: list[str], settings: Settings) -> None:
 @click.option("--threads", default=32, show_default=True, type=int)
 def web(host: str, port: int, workers: int, threads: int) -> None:
     """Run the web tier alone (gunicorn). Apply migrations first with `orchestrator db upgrade`."""
-    _exec(gunicorn_argv(host, port, workers, threads), _settings())
+    _exec(gunicorn_argv(host, port, workers, threads), _settings(), metrics=True)
 
 
 @main.command()
@@ -222,14 +212,14 @@ def worker(concurrency: int, queues: str) -> None:
     """Run a Celery worker that applies events."""
     settings = _settings()
     _exec(celery_argv("worker", "--loglevel", settings.log_level, "--concurrency", str(concurrency),
-                       "--queues", queues), settings)
+                       "--queues", queues), settings, metrics=True)
 
 
 @main.command()
 def beat() -> None:
     """Run the Celery beat scheduler (timeouts, silent agents, stale streams). Run exactly one.
 
-    It keeps its schedule in memory, so it needs no writable folder; /healthz says "beat": "late"
+    It keeps its schedule in memory, so it needs no writable folder; /readyz's "beat" check says degraded
     when its sweeps stop.
     """
     settings = _settings()
@@ -249,6 +239,9 @@ main.add_command(events)
 main.add_command(keys)
 main.add_command(users)
 main.add_command(tokens)
+main.add_command(agents)
+main.add_command(archive)
+main.add_command(demo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 
 from orchestrator.credentials import hash_password, hash_token, issue_credential, new_id
 from orchestrator.db import Database
@@ -42,3 +42,10 @@ def ensure_admin(db: Database, username: str, token: str, password: str | None =
         else:
             current.revoked_at = None
         return user
+
+
+def admin_can_log_in(db: Database) -> bool:
+    """Whether an active admin with a dashboard password exists: someone can log in and add others."""
+    with db.reading() as session:
+        return bool(session.scalar(select(exists().where(User.is_admin.is_(True), User.is_active.is_(True),
+                                                         User.password_hash.is_not(None)))))

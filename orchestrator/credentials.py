@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
@@ -74,13 +74,18 @@ def check_password(user: User, password: str) -> bool:
 @dataclass(frozen=True)
 class Principal:
     """Who a request acts for: an operator ("user") or an agent; and, when known, through which grant
-    (the API token's credential id, or the dashboard session's id) and until when (the token's expiry)."""
+    (the API token's credential id, or the dashboard session's id) and until when (the token's expiry).
+    An agent's carries its request signing mode and secret (orchestrator/signing.py), so that checking
+    a signature needs no database read."""
 
     kind: str  # "user" | "agent"
     id: str
     is_admin: bool = False
     via: str | None = None
     until: datetime | None = None
+    signing: str | None = None  # an agent's: "required" | "optional"
+    signing_secret: str | None = field(default=None, repr=False)
+    rate_limit_per_minute: int | None = None  # an agent's own limit; None: the settings' AGENT_RATE_LIMIT
 
     @property
     def is_user(self) -> bool:
@@ -126,7 +131,8 @@ def _owner(session: Session, cred: ApiCredential) -> Principal | None:
     agent = session.get(Agent, cred.agent_id)
     if agent is None or not agent.is_active:
         return None
-    return Principal("agent", agent.id, via=cred.id, until=cred.expires_at)
+    return Principal("agent", agent.id, via=cred.id, until=cred.expires_at, signing=agent.signing,
+                     signing_secret=agent.signing_secret, rate_limit_per_minute=agent.rate_limit_per_minute)
 
 
 # -- users' tokens ------------------------------------------------------------------------------------

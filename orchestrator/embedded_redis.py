@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -34,9 +35,29 @@ def _answers(sock: Path) -> bool:
         return False
 
 
-def ensure_embedded_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, bool]:
+def server_argv(data_dir: Path, *, daemonize: bool = True) -> list[str]:
+    """redis-server's command line: a unix socket in `data_dir`, no TCP port, an append-only file."""
+    return [
+        _server_binary(),
+        "--port", "0",
+        "--unixsocket", str(socket_path(data_dir)),
+        "--unixsocketperm", "700",
+        "--dir", str(data_dir),
+        "--daemonize", "yes" if daemonize else "no",
+        "--pidfile", str(data_dir / "redis.pid"),
+        "--logfile", str(data_dir / "redis.log"),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+    ]
+
+
+def ensure_embedded_redis(data_dir: Path, timeout: float = 15.0,
+                          start: Callable[[list[str]], object] | None = None) -> tuple[str, bool]:
     """Return (url, started_here): the embedded Redis's URL, starting the server if it is not up.
 
+    Started as a daemon, unless `start` is given: then `start` runs the server's command line (not
+    daemonized) as a child of its own, which `orchestrator up` does to stop it with its other children.
     A file lock makes concurrent callers (web, worker and beat starting together) start one server.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -48,22 +69,10 @@ def ensure_embedded_redis(data_dir: Path, timeout: float = 15.0) -> tuple[str, b
             return url, False
         if sock.exists():
             sock.unlink()
-        subprocess.run(
-            [
-                _server_binary(),
-                "--port", "0",
-                "--unixsocket", str(sock),
-                "--unixsocketperm", "700",
-                "--dir", str(data_dir),
-                "--daemonize", "yes",
-                "--pidfile", str(data_dir / "redis.pid"),
-                "--logfile", str(data_dir / "redis.log"),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-            ],
-            check=True,
-        )
+        if start is None:
+            subprocess.run(server_argv(data_dir), check=True)
+        else:
+            start(server_argv(data_dir, daemonize=False))
         deadline = time.monotonic() + timeout
         while not _answers(sock):
             if time.monotonic() > deadline:
@@ -101,6 +110,7 @@ __all__ = [
     "celery_broker_url",
     "ensure_embedded_redis",
     "resolved_redis_url",
+    "server_argv",
     "socket_path",
     "stop_embedded_redis",
 ]

@@ -23,7 +23,8 @@ that insert no events (most poll claims) never touch the counter.
 Events are tracked per session, in insertion order (`InstanceState.insert_order`), after each
 flush; ORM bulk inserts (`session.execute(insert(ExecutionEvent), rows)`) are tracked in row order.
 Other ways of inserting events (an `insert()` with inline `.values()`, a raw connection) would
-leave `seq` NULL, so the first is refused and the second is not used anywhere.
+leave `seq` NULL, so the first is refused and the second is used only where rows come back with the
+positions they had (`orchestrator/archive.py`'s restore).
 """
 
 from __future__ import annotations

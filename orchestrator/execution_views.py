@@ -76,8 +76,8 @@ def execution_detail(session: Session, principal: Principal, execution_id: str, 
             "started_at": iso(task.started_at), "completed_at": iso(task.completed_at),
             "subtasks": [
                 {"subtask_id": s.plan_subtask_id, "title": psubs[s.plan_subtask_id].title,
-                 "action": psubs[s.plan_subtask_id].action, "status": s.status, "attempt": s.attempt,
-                 "max_attempts": s.max_attempts, "agent_id": s.agent_id, "error": s.error,
+                 "action": s.action_override or psubs[s.plan_subtask_id].action, "status": s.status,
+                 "attempt": s.attempt, "max_attempts": s.max_attempts, "agent_id": s.agent_id, "error": s.error,
                  "result_data": s.result_data, "waiting_on": s.waiting_on, "not_before": iso(s.not_before),
                  "started_at": iso(s.started_at), "completed_at": iso(s.completed_at)}
                 for s in g.subtasks_of(task)
@@ -150,3 +150,61 @@ def list_events(session: Session, principal: Principal, execution_id: str, limit
     more = len(rows) > limit
     rows = rows[:limit]
     return [event_to_dict(r, raw) for r in rows], rows[-1].id if more else None
+
+
+def event_log(session: Session, principal: Principal, execution_id: str, limit: int, before: str | None,
+              event_type: str | None = None, raw: bool = False) -> dict[str, Any]:
+    """A page of `list_events`, and whether the log was archived (orchestrator/archive.py): then the
+    page holds only what came after the archival, and the rest is in the archive (its file named to
+    admins, who can restore it)."""
+    items, next_before = list_events(session, principal, execution_id, limit, before, event_type, raw)
+    ex = session.get(Execution, execution_id)  # loaded by list_events: no query
+    assert ex is not None
+    archived = ex.archived_at is not None
+    return {"events": items, "next_before": next_before, "archived": archived,
+            "archived_at": iso(ex.archived_at), "archived_events": ex.archived_events if archived else None,
+            "archive_location": ex.archive_location if archived and principal.is_admin else None}
+
+
+# What opens and closes an attempt on the timeline. A claim writes no event, so the agent's
+# task_started dates an earlier attempt's start (the subtask's started_at dates the current one).
+_ATTEMPT_ENDS = {"subtask_complete": "completed", "task_complete": "completed", "task_error": "failed",
+                 "task_blocked": "blocked", "subtask_timeout": "timed_out", "agent_silent": "agent_silent",
+                 "claim_expired": "claim_expired"}
+TIMELINE_EVENT_LIMIT = 20_000
+
+
+def subtask_timeline(session: Session, principal: Principal, execution_id: str) -> dict[str, Any]:
+    """Each subtask's attempts (start, end, how it ended) from the event log, for the execution
+    page's Gantt chart; the gaps between them are waits (prerequisites, queue, retry backoff). Reads
+    only unencrypted columns: types, subtask ids and times."""
+    g = load_graphs(session, [execution_id], lock=False, results=False).get(execution_id)
+    if g is None or not _visible(g.execution, principal):
+        raise NotFound(f"Execution {execution_id} not found.", execution_id=execution_id)
+    titles = dict(session.execute(select(PlanSubtask.id, PlanSubtask.title)
+                                  .where(PlanSubtask.plan_id == g.execution.plan_id)).all())
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    rows = session.execute(
+        select(ExecutionEvent.event_type, ExecutionEvent.subtask_id, ExecutionEvent.timestamp)
+        .where(ExecutionEvent.execution_id == execution_id, ExecutionEvent.subtask_id.is_not(None),
+               ExecutionEvent.event_type.in_(["task_started", *_ATTEMPT_ENDS]))
+        .order_by(ExecutionEvent.seq).limit(TIMELINE_EVENT_LIMIT))
+    for kind, subtask_id, at in rows:
+        mine = attempts.setdefault(subtask_id, [])
+        if not mine or mine[-1]["ended_at"] is not None:
+            mine.append({"started_at": iso(at), "ended_at": None, "outcome": None})
+        if kind in _ATTEMPT_ENDS:
+            mine[-1].update(ended_at=iso(at), outcome=_ATTEMPT_ENDS[kind])
+    subtasks = []
+    for task in g.tasks.values():
+        for s in g.subtasks_of(task):
+            mine = attempts.get(s.plan_subtask_id, [])
+            if s.status == "RUNNING" and (not mine or mine[-1]["ended_at"] is not None):
+                mine.append({"started_at": iso(s.started_at), "ended_at": None, "outcome": None})  # claimed
+            subtasks.append({"subtask_id": s.plan_subtask_id, "task_id": task.plan_task_id,
+                             "title": titles.get(s.plan_subtask_id, s.plan_subtask_id), "status": s.status,
+                             "attempt": s.attempt, "max_attempts": s.max_attempts, "not_before": iso(s.not_before),
+                             "attempts": mine})
+    ex = g.execution
+    return {"execution_id": ex.id, "created_at": iso(ex.created_at), "started_at": iso(ex.started_at),
+            "completed_at": iso(ex.completed_at), "subtasks": subtasks}

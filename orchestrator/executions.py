@@ -175,6 +175,11 @@ def _finish(g: ExecutionGraph, change: Change, now: datetime) -> Change:
 
 CONTROL_STATUSES = ("QUEUED", "PAUSED", "RUNNING", "CANCELLED")
 
+# Options that answer a block by doing the subtask another way (the guide's `approve_phone_call` for a
+# bounced email): the stopped subtask is retried with this action and the approved params. Any other
+# `approve_*` option keeps the action and only replaces params.
+SWITCH_ACTION = {"approve_phone_call": "make_phone_call"}
+
 
 def control_execution(session: Session, principal: Principal, execution_id: str, target: str,
                       now: datetime) -> Change:
@@ -220,8 +225,12 @@ def resolve_blocked_task(session: Session, principal: Principal, execution_id: s
     if option.startswith("approve_"):
         if not params:
             raise ValidationFailed("Approving an alternative needs the new params.", option=option)
+        switch = SWITCH_ACTION.get(option)
         for sub in stopped:
+            # Another action takes the plan's params of the first as a base: a call keeps the email's purpose.
             sub.params_override = {**(sub.params_override or {}), **params}
+            if switch is not None:
+                sub.action_override = switch
     if option.startswith("approve_") or option == "retry_task":
         for sub in stopped:
             retry_subtask(sub, RetryPolicy(), None, now, g=g, delay=0)

@@ -3,6 +3,10 @@
 The key is written by `rescue_stalled_work` as a worker runs it, so a fresh key proves the whole
 loop: beat sent the sweep and a worker ran it. A late one means beat is gone (or no worker reads
 the queue); either way timeouts, silent agents and stalled shards are no longer taken care of.
+
+Each worker also beats on its own (`record_worker`, from a thread of its main process,
+workers/main.py): an idle worker is alive too, and a stack whose workers are all gone accepts
+events that nobody applies. `/readyz` reads both (orchestrator/readiness.py).
 """
 
 from __future__ import annotations
@@ -50,3 +54,35 @@ def beat_state(last: float | None, interval_seconds: float, *, now: float, up_si
     if last is None:
         return "unknown" if now - up_since <= limit else "late"
     return "ok" if now - last <= limit else "late"
+
+
+# -- workers: each leaves its own heartbeat -------------------------------------------------------------
+
+def workers_key(prefix: str) -> str:
+    """A sorted set: worker name → when it last said it is alive (Unix seconds)."""
+    return f"{prefix}workers"
+
+
+def record_worker(r: redis.Redis, prefix: str, name: str, now: float | None = None) -> None:
+    """Note that the worker `name` is alive now; entries silent for a day are dropped on the way."""
+    now = time.time() if now is None else now
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(workers_key(prefix), {name: now})
+    pipe.zremrangebyscore(workers_key(prefix), "-inf", now - 86400)
+    pipe.execute()
+
+
+def forget_worker(r: redis.Redis, prefix: str, name: str) -> None:
+    """A worker that stops cleanly says so: readiness sees it gone at once, not three intervals later."""
+    r.zrem(workers_key(prefix), name)
+
+
+def worker_heartbeats(r: redis.Redis, prefix: str) -> dict[str, float]:
+    """Each known worker's last heartbeat (Unix seconds)."""
+    return {name.decode(): float(at) for name, at in r.zrange(workers_key(prefix), 0, -1, withscores=True)}
+
+
+def live_workers(beats: dict[str, float], interval_seconds: float, *, now: float) -> int:
+    """How many workers beat within three intervals (the same allowance as beat's)."""
+    limit = LATE_AFTER_INTERVALS * interval_seconds
+    return sum(1 for at in beats.values() if now - at <= limit)

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, pre_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
 
 from orchestrator.ids import ID_PATTERN, ID_RULE
 
 ID = validate.Regexp(rf"^{ID_PATTERN.pattern}\Z", error=f"Use {ID_RULE}.")
+# The action of a subtask that names human work no agent action covers yet (a PlanExe level-3 item): such
+# a subtask is `decomposed: false`, only an agent that declares this action may claim it
+# (orchestrator/scheduling.py), and `decompose --all` replaces it by executable subtasks.
+MANUAL_ACTION = "manual"
 
 
 def _alias(data: Any, alias: str, canonical: str) -> Any:
@@ -52,11 +56,25 @@ class SubtaskSchema(_SubtaskFields):
     timeout_hours = fields.Integer(load_default=24, validate=validate.Range(1, 24 * 365))
     retry_policy = fields.Nested(RetryPolicySchema, load_default=dict)
     prerequisite_subtask_ids = fields.List(fields.String(), load_default=list)
+    # Derived from the action (not MANUAL_ACTION), as plans are read back; accepted so that they load again.
+    decomposed = fields.Boolean(load_default=None, allow_none=True)
 
     @pre_load
     def _prerequisites(self, data: Any, **_: Any) -> Any:
         # "prerequisites" is accepted as a shorter name for the prerequisite ids.
         return _alias(data, "prerequisites", "prerequisite_subtask_ids")
+
+    @post_load
+    def _placeholder(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        # `decomposed: false` without an action makes the subtask a placeholder; one that contradicts the
+        # action is refused rather than guessed at.
+        decomposed = data.pop("decomposed")
+        if decomposed is False and data["action"] is None:
+            data["action"] = MANUAL_ACTION
+        elif decomposed is not None and decomposed != (data["action"] != MANUAL_ACTION):
+            raise ValidationError(f"decomposed is false exactly when the action is {MANUAL_ACTION!r}.",
+                                  "decomposed")
+        return data
 
 
 class DecomposedSubtaskSchema(_SubtaskFields):

@@ -20,6 +20,7 @@ from orchestrator.graph import find_cycles, unknown_references
 from orchestrator.ids import ID_RULE, invalid_ids, prefixed
 from orchestrator.models import Plan, PlanSubtask, PlanTask
 from orchestrator.paging import newest_first_page
+from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.retry import RetryPolicy
 
 TASK_FIELDS = ("phase_id", "phase_title", "assignee_role", "estimated_hours", "priority", "is_blocking",
@@ -121,6 +122,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 "prerequisite_task_ids": list(t.prerequisite_task_ids or []),
                 "subtasks": [
                     {"id": s.id, "title": s.title, **{k: getattr(s, k) for k in SUBTASK_FIELDS},
+                     "decomposed": s.action != MANUAL_ACTION,
                      "prerequisite_subtask_ids": list(s.prerequisite_subtask_ids or [])}
                     for s in t.subtasks
                 ],

@@ -32,6 +32,7 @@ from orchestrator.effects import AfterCommit
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.execution_graph import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
+from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.publish import execution_update
 from orchestrator.ready_work import Pool
 from orchestrator.state_machine import FINISHED_STATES, ExecutionStatus, SubtaskStatus
@@ -63,7 +64,8 @@ class ClaimResult:
 def _waiting_for(q: Select[Any], with_agent: bool, with_owner: bool, with_actions: bool) -> Select[Any]:
     """`q` (on ExecutionSubtask) narrowed to QUEUED subtasks with no prerequisite left that agent
     `:agent_id` may do: in an execution that runs and is not being paused or cancelled, assigned to
-    it or to none (without `with_agent`: to none), of its owner `:owner_id`, with one of `:actions`.
+    it or to none (without `with_agent`: to none), of its owner `:owner_id`, with one of `:actions`
+    (without `with_actions`: any action but MANUAL_ACTION).
     Their retry backoff is left to the caller. Built once per shape, with bound parameters, so that
     a poll neither builds nor compiles SQL (`_params` fills them in)."""
     q = q.join(Execution, Execution.id == ExecutionSubtask.execution_id).where(
@@ -77,11 +79,14 @@ def _waiting_for(q: Select[Any], with_agent: bool, with_owner: bool, with_action
     )
     if with_owner:  # an operator's agent works only on that operator's executions
         q = q.where(Execution.owner_id == bindparam("owner_id"))
+    q = q.join(PlanSubtask, and_(PlanSubtask.plan_id == ExecutionSubtask.plan_id,
+                                 PlanSubtask.id == ExecutionSubtask.plan_subtask_id))
+    action = func.coalesce(ExecutionSubtask.action_override, PlanSubtask.action)  # a person's switch first
     if with_actions:
-        q = q.join(PlanSubtask, and_(PlanSubtask.plan_id == ExecutionSubtask.plan_id,
-                                     PlanSubtask.id == ExecutionSubtask.plan_subtask_id)).where(
-            PlanSubtask.action.in_(bindparam("actions", expanding=True)))
-    return q
+        return q.where(action.in_(bindparam("actions", expanding=True)))
+    # An agent that declares no actions may do any, but not a placeholder for human work: only an agent
+    # that declares MANUAL_ACTION (among its actions, above) claims that.
+    return q.where(or_(action.is_(None), action != MANUAL_ACTION))
 
 
 def _params(agent_id: str | None, owner_id: str | None, actions: set[str] | None, now: datetime) -> dict[str, Any]:
@@ -192,7 +197,7 @@ def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: 
         "next_task": {
             "task_id": sub.plan_subtask_id,
             "title": ps.title,
-            "action": ps.action,
+            "action": sub.action_override or ps.action,
             "params": {**(ps.params or {}), **(sub.params_override or {})},
             "timeout_hours": ps.timeout_hours,
             "retry_policy": ps.retry_policy or {},

@@ -21,7 +21,17 @@
 | CLAIM_ACK_SECONDS | 60 | a claim with no report from its agent this long goes back to the queue, attempt unchanged |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | POLL_IDLE_SECONDS | 60 | how long, at most, an idle agent's polls are answered from Redis while no work moves |
+| READY_BACKLOG_SECONDS | 60 | `/readyz` says degraded when a shard's oldest waiting event is older than this |
+| WORKER_METRICS_PORT | 0 (off) | a worker serves its host's metrics on this port (containers whose web is elsewhere) |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |
+| ARCHIVE_AFTER_DAYS | 90 | events of an execution that ended this long ago go to the archive (`archive.py`) |
+| ARCHIVE_INTERVAL_SECONDS | 3600 | how often beat looks for executions to archive |
+| ARCHIVE_LOCATION | <data dir>/archive | folder of the archive files (encrypted gzip JSON Lines), or s3://bucket/path |
+| ARCHIVE_S3_ENDPOINT_URL | (unset: AWS) | an S3-compatible service's URL (MinIO...); credentials from boto3's AWS_* |
+| ARCHIVE_BATCH_SIZE | 1000 | event rows deleted (or restored) per transaction |
+| AGENT_RATE_LIMIT | 100/minute | an agent's requests (a batch is one) unless its `rate_limit_per_minute` is set |
+| LOGIN_RATE_LIMIT_PER_USERNAME | 5/minute | dashboard login attempts for one username, from anywhere |
+| LOGIN_RATE_LIMIT_PER_ADDRESS | 20/minute | dashboard login attempts from one client address, any usernames |
 | LOG_LEVEL | INFO | |
 | DECOMPOSER | auto | template, llm, or auto (llm when LLM_BASE_URL is set) |
 | LLM_BASE_URL | (unset) | OpenAI-compatible API root of the LLM decomposer, e.g. https://api.openai.com/v1 |
@@ -41,6 +51,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from limits import parse as parse_rate
 
 N = TypeVar("N", int, float)
 
@@ -64,6 +76,16 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
     return _number(env, key, default, float)
+
+
+def _rate(env: Mapping[str, str], key: str, default: str) -> str:
+    """A rate limit in Flask-Limiter's notation ("100/minute", "5 per second"), checked at start-up."""
+    value = env.get(key) or default
+    try:
+        parse_rate(value)
+    except ValueError as exc:
+        raise ValueError(f"{key} must be a rate such as '100/minute', got {value!r}") from exc
+    return value
 
 
 def _load_or_create_secret(data_dir: Path) -> str:
@@ -144,8 +166,18 @@ class Settings:
     claim_ack_seconds: int
     sweep_interval_seconds: int
     poll_idle_seconds: float
+    ready_backlog_seconds: int
+    worker_metrics_port: int
     log_level: str
     max_body_bytes: int
+    archive_after_days: int
+    archive_interval_seconds: int
+    archive_location: str
+    archive_s3_endpoint_url: str | None
+    archive_batch_size: int
+    agent_rate_limit: str
+    login_rate_limit_per_username: str
+    login_rate_limit_per_address: str
     decomposer: str
     llm_base_url: str | None
     llm_api_key: str | None
@@ -181,8 +213,18 @@ class Settings:
             claim_ack_seconds=max(1, _int(env, "CLAIM_ACK_SECONDS", 60)),
             sweep_interval_seconds=max(1, _int(env, "SWEEP_INTERVAL_SECONDS", 30)),
             poll_idle_seconds=max(0.0, _float(env, "POLL_IDLE_SECONDS", 60.0)),
+            ready_backlog_seconds=max(1, _int(env, "READY_BACKLOG_SECONDS", 60)),
+            worker_metrics_port=max(0, _int(env, "WORKER_METRICS_PORT", 0)),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             max_body_bytes=max(1024, _int(env, "MAX_BODY_BYTES", 16 * 1024 * 1024)),
+            archive_after_days=max(1, _int(env, "ARCHIVE_AFTER_DAYS", 90)),
+            archive_interval_seconds=max(60, _int(env, "ARCHIVE_INTERVAL_SECONDS", 3600)),
+            archive_location=env.get("ARCHIVE_LOCATION") or str(data_dir / "archive"),
+            archive_s3_endpoint_url=env.get("ARCHIVE_S3_ENDPOINT_URL") or None,
+            archive_batch_size=max(1, _int(env, "ARCHIVE_BATCH_SIZE", 1000)),
+            agent_rate_limit=_rate(env, "AGENT_RATE_LIMIT", "100/minute"),
+            login_rate_limit_per_username=_rate(env, "LOGIN_RATE_LIMIT_PER_USERNAME", "5/minute"),
+            login_rate_limit_per_address=_rate(env, "LOGIN_RATE_LIMIT_PER_ADDRESS", "20/minute"),
             decomposer=(env.get("DECOMPOSER") or "auto").lower(),
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=env.get("LLM_API_KEY") or None,

@@ -28,6 +28,25 @@ from orchestrator.embedded_redis import ensure_embedded_redis, stop_embedded_red
 from orchestrator.models import Base
 from orchestrator.settings import Settings
 
+_METRICS_DIR = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Metrics in multiprocess mode, as the `orchestrator` command runs them: this process and the
+    # workers it starts (settings_env passes the variable on) write to one folder, which /metrics
+    # adds up. It must be set before prometheus_client is first imported.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        config.stash[_METRICS_DIR] = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="orch-metrics-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    if _METRICS_DIR in config.stash:
+        shutil.rmtree(config.stash[_METRICS_DIR], ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -59,6 +78,11 @@ def base_settings(session_dir: Path, redis_url: str) -> Settings:
         "INGEST_REPLY_WAIT_MS": os.environ.get("INGEST_REPLY_WAIT_MS", "3000"),
         "INGEST_LEASE_SECONDS": "3",
         "SWEEP_INTERVAL_SECONDS": "2",
+        # Tests poll and log in far faster than agents and people do; the limits' own tests set
+        # small ones (tests/web/test_rate_limits.py, tests/web/test_login_throttle.py).
+        "AGENT_RATE_LIMIT": "10000/minute",
+        "LOGIN_RATE_LIMIT_PER_USERNAME": "1000/minute",
+        "LOGIN_RATE_LIMIT_PER_ADDRESS": "1000/minute",
         "LOG_LEVEL": "INFO",
     }
     return Settings.from_env(env)
@@ -110,6 +134,16 @@ def redis(base_settings: Settings) -> Iterator[redis_lib.Redis]:
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _signing_test_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every app's test client signs agents' requests, as AgentClient does (tests/signing.py)."""
+    from flask import Flask
+
+    from tests.signing import SigningClient
+
+    monkeypatch.setattr(Flask, "test_client_class", SigningClient)
+
+
 @pytest.fixture
 def app(migrated: Settings, db: Database, redis: redis_lib.Redis):
     from web.app import create_app
@@ -138,7 +172,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "INGEST_BATCH_SIZE": str(settings.ingest_batch_size),
         "INGEST_LEASE_SECONDS": str(settings.ingest_lease_seconds),
         "SWEEP_INTERVAL_SECONDS": str(settings.sweep_interval_seconds),
+        "AGENT_RATE_LIMIT": settings.agent_rate_limit,
+        "LOGIN_RATE_LIMIT_PER_USERNAME": settings.login_rate_limit_per_username,
+        "LOGIN_RATE_LIMIT_PER_ADDRESS": settings.login_rate_limit_per_address,
         "LOG_LEVEL": "INFO",
+        "NOTIFY_WEBHOOK_URL": settings.notify_webhook_url or "",
+        "NOTIFY_WEBHOOK_SECRET": settings.notify_webhook_secret,
     })
     env.pop("ENCRYPTION_KEYS", None)
     if settings.encryption_key_file is None:  # keys given in the environment, not kept in the data dir

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.credentials import issue_credential
 from orchestrator.models import Agent, Execution, Plan, PlanSubtask, PlanTask, User
+from orchestrator.signing import new_signing_secret
 
 
 def make_user(session: Session, username: str | None = None, **kw: Any) -> User:
@@ -26,6 +27,7 @@ def make_user_with_token(session: Session, username: str | None = None) -> tuple
 
 
 def make_agent(session: Session, agent_id: str | None = None, **kw: Any) -> Agent:
+    kw.setdefault("signing_secret", new_signing_secret())  # signing is required, as for a registered agent
     agent = Agent(id=agent_id or f"agent_{secrets.token_hex(3)}", name=kw.pop("name", "Larry"), **kw)
     session.add(agent)
     session.flush()

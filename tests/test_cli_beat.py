@@ -84,7 +84,7 @@ def test_beat_starts_without_a_data_folder_and_sends_its_sweep(beat_settings: Se
 
 
 @pytest.mark.integration
-def test_beat_and_a_worker_keep_healthz_beat_ok(beat_settings: Settings, tmp_path: Path) -> None:
+def test_beat_and_a_worker_keep_readyz_beat_ok(beat_settings: Settings, tmp_path: Path) -> None:
     from web.app import create_app
 
     migrations.upgrade(beat_settings.database_url)
@@ -96,8 +96,9 @@ def test_beat_and_a_worker_keep_healthz_beat_ok(beat_settings: Settings, tmp_pat
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and r.get(beat_key(beat_settings.redis_key_prefix)) is None:
             time.sleep(0.2)
-        body = app.test_client().get("/healthz").get_json()
-        assert body["beat"] == "ok" and body["status"] == "ok", (tmp_path / "worker.log").read_text()[-3000:]
+        body = app.test_client().get("/readyz").get_json()
+        assert body["checks"]["beat"]["status"] == "ok" and body["checks"]["worker"]["status"] == "ok", (
+            body, (tmp_path / "worker.log").read_text()[-3000:])
     finally:
         _stop(proc)
         worker.stop()

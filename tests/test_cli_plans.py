@@ -12,10 +12,12 @@ from sqlalchemy import func, select
 
 from cli.main import main
 from orchestrator.models import Plan, PlanSubtask, PlanTask
+from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.settings import Settings
 from tests.factories import make_agent, make_user
 from tests.orchestrator.test_decomposition import GUIDE_REQUEST
 from tests.orchestrator.test_planexe import FIXTURE
+from tests.orchestrator.test_planexe_runs import REALISTIC, run_files, zipped
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def assert_clean_error(result, text: str) -> None:
 def test_import_planexe_folder(run, db) -> None:
     result = run("import", str(FIXTURE), "--owner", "mark")
     assert result.exit_code == 0, result.output
-    assert "imported plan_" in result.output and "(4 tasks)" in result.output
+    assert "imported plan_" in result.output and "(4 tasks, 3 subtasks, 3 dependencies)" in result.output
     assert "warning:" in result.output and "cycle" in result.output
     with db.reading() as s:
         assert s.scalar(select(Plan.source)) == "planexe"
@@ -120,3 +122,41 @@ def test_decompose_prints_and_applies(run, db, tmp_path: Path) -> None:
                        "already has subtasks")
     assert_clean_error(run("decompose", "plan_c", "task_9", "--agent", "agent_larry"), "not found")
     assert_clean_error(run("decompose", "plan_c", "task_1_1", "--agent", "agent_nope"), "not found")
+
+
+@pytest.mark.parametrize("form", ["folder", "zip", "macos-zip", "single-file"])
+def test_import_a_realistic_run(run, db, tmp_path: Path, form: str) -> None:
+    target = {"folder": REALISTIC, "single-file": REALISTIC / "023-2-wbs_level3.json"}.get(form)
+    if target is None:
+        target = tmp_path / "PlanExe_20250101.zip"
+        target.write_bytes(zipped(run_files(), macos=form == "macos-zip"))
+    result = run("import", str(target))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    subtasks = "35 subtasks"
+    assert any(line.startswith("imported plan_") and f"(7 tasks, {subtasks}" in line for line in lines), lines
+    assert "35 subtasks are manual placeholders" in result.output
+    read = next(line for line in lines if line.startswith("read: "))
+    assert "023-2-wbs_level3.json" in read and "030-report" not in read and "__MACOSX" not in read
+    if form != "single-file":
+        assert "8 dependencies" in result.output
+        assert "warning: 6 durations for unknown tasks skipped: " in result.output
+        assert sum(line.startswith("warning:") for line in lines) == 3
+
+
+def test_decompose_all(run, db) -> None:
+    assert run("import", str(REALISTIC)).exit_code == 0
+    with db.reading() as s:
+        plan_id = s.scalar(select(Plan.id))
+    result = run("decompose", plan_id, "--all", "--agent", "agent_larry")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[:result.output.rindex("}") + 1])
+    assert report["counts"]["applied"] > 0 and report["counts"]["proposals"] > 0
+    assert report["counts"]["applied"] + report["counts"]["proposals"] == 35
+    assert f"applied {report['counts']['applied']}, left {report['counts']['proposals']} as proposals" in result.output
+    with db.reading() as s:
+        left = s.scalar(select(func.count()).select_from(PlanSubtask).where(PlanSubtask.action == MANUAL_ACTION))
+    assert left == report["counts"]["proposals"]
+    assert_clean_error(run("decompose", plan_id, "--agent", "agent_larry"), "Give either TASK_ID or --all")
+    assert_clean_error(run("decompose", plan_id, "task_1", "--all", "--agent", "agent_larry"), "Give either")
+    assert_clean_error(run("decompose", "plan_nope", "--all", "--agent", "agent_larry"), "not found")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 import simple_websocket
+from orchestrator_sdk.client import SignedAuth
 
 from orchestrator.credentials import new_token
 from tests.test_cli_up import free_port
@@ -31,6 +32,7 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.admin_token = new_token("usr")
+        self.signing: dict[str, str] = {}  # agents' signing secrets by their keys
         self.data = Path(f"/tmp/orch-mask-{os.getpid()}")  # short: the embedded Redis' unix socket lives here
         shutil.rmtree(self.data, ignore_errors=True)
         self.log_path = tmp_path / "stack.log"
@@ -59,8 +61,10 @@ class Stack:
         raise AssertionError(self.text()[-3000:])
 
     def call(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
-        return requests.request(method, self.base + path, headers=headers, timeout=30, **kw)
+        """As the admin, or as `token`'s owner (signed when it is an agent's key with a secret in `signing`)."""
+        token = token or self.admin_token
+        return requests.request(method, self.base + path, auth=SignedAuth(token, self.signing.get(token)),
+                                timeout=30, **kw)
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -81,8 +85,10 @@ class Stack:
 
 def block_with_personal_data(stack: Stack) -> str:
     """Register an agent, give it Carol's work, have it report a block; return its key."""
-    key = stack.call("POST", "/api/agents", json={"id": "agent_mask", "name": "Larry",
-                                                  "capabilities": ["send_email"]}).json()["api_key"]
+    registered = stack.call("POST", "/api/agents", json={"id": "agent_mask", "name": "Larry",
+                                                         "capabilities": ["send_email"]}).json()
+    key = registered["api_key"]
+    stack.signing[key] = registered["signing_secret"]
     assert stack.call("POST", "/api/plans", json={"id": "plan_mask", "goal": "Interview Carol", "tasks": [
         {"id": "task_1", "title": "Interview Carol", "subtasks": [
             {"id": "task_1_a", "title": "Write", "action": "send_email", "params": {"to": EMAIL, "call": PHONE}}]}]}
@@ -135,5 +141,6 @@ def test_no_log_line_of_any_process_holds_personal_data_or_secrets(tmp_path: Pat
     logs = stack.text() + "".join(p.read_text(errors="replace") for p in stack.data.glob("**/*.log"))
     shutil.rmtree(stack.data, ignore_errors=True)
     assert "Booting worker" in logs and "celery@" in logs and "beat" in logs.lower()  # every process spoke
-    for secret in (EMAIL, PHONE, key, stack.admin_token, stream_token, PASSWORD, WRONG_PASSWORD, "carol@"):
+    for secret in (EMAIL, PHONE, key, stack.signing[key], stack.admin_token, stream_token, PASSWORD, WRONG_PASSWORD,
+                   "carol@"):
         assert secret not in logs, [line for line in logs.splitlines() if secret in line][:5]

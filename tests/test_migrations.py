@@ -16,7 +16,7 @@ from orchestrator.db import Database, make_engine
 from orchestrator.encryption import Keyring, new_key
 from orchestrator.execution_graph import load_graphs, start_subtask
 from orchestrator.executions import create_execution
-from orchestrator.models import Base, ExecutionSubtask
+from orchestrator.models import Agent, Base, ExecutionSubtask
 from orchestrator.settings import Settings
 from tests.factories import make_agent, make_plan, make_user
 
@@ -129,3 +129,28 @@ def test_claims_made_before_acknowledgements_count_as_acknowledged(scratch_url: 
     finally:
         db.dispose()
     assert acked == {"task_0_a": claimed, "task_0_b": None}
+
+
+def test_agents_registered_before_signing_become_optional(scratch_url: str, base_settings: Settings) -> None:
+    """0007: an agent that exists already has no signing secret, so its unsigned requests must keep
+    working (`optional`) until its operator issues one; an agent registered afterwards is `required`."""
+    migrations.upgrade(scratch_url, "0006")
+    engine = make_engine(scratch_url, immediate=False)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO agents (id, name, is_active, capabilities, created_at) "
+                              "VALUES ('agent_old', 'Old', true, '[]', :t)"), {"t": datetime(2026, 1, 1)})
+    finally:
+        engine.dispose()
+    migrations.upgrade(scratch_url)
+    db = Database(base_settings.replace(database_url=scratch_url))
+    try:
+        with db.unit_of_work() as s:
+            make_agent(s, "agent_new")
+        with db.reading() as s:
+            rows = {a.id: (a.signing, a.signing_secret is not None, a.rate_limit_per_minute)
+                    for a in s.scalars(select(Agent))}
+    finally:
+        db.dispose()
+    assert rows == {"agent_old": ("optional", False, None), "agent_new": ("required", True, None)}
+    migrations.downgrade(scratch_url, "0006")

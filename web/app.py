@@ -21,6 +21,9 @@ from web.errors import register_error_handlers
 from web.json_body import BodyJSONProvider
 from web.live import bp as live_bp
 from web.live import sock
+from web.metrics import init_metrics
+from web.openapi import init_openapi
+from web.rate_limits import init_rate_limits
 from web.routing import IdConverter
 from workers.celery_app import celery_config, create_celery
 
@@ -59,8 +62,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     init_auth(app)
+    init_rate_limits(app, settings)
+    init_metrics(app)  # before the blueprints: every request is counted by its route
     register_api(app)
     app.register_blueprint(live_bp)
     app.register_blueprint(dashboard_bp)
     sock.init_app(app)
+    init_openapi(app)  # /api/openapi.json and /api/docs
     return app

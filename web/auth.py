@@ -16,7 +16,14 @@ The dashboard logs in with Flask-Login: its cookie carries a session id whose re
 browser sends that cookie with any site's request, so a session-authenticated write must also carry
 the page's CSRF token (Flask-WTF; `X-CSRF-Token`); bearer requests need none.
 
-Checks to add on every request (a signature, a rate limit) belong in `_guard`, or in
+Agents also sign their requests (`orchestrator/signing.py`): `_bearer_principal` checks an agent's
+signature before any view runs, with the secret and mode that come with its cached principal. A
+signed request from a cached agent costs one Redis round trip, which both claims the nonce and reads
+the epoch (so no view has to confirm it afterwards); a signature or mode read from a cache that may be
+stale is confirmed against the epoch before a request is refused for it.
+
+An agent's requests are counted against its rate limit as it is authenticated (`current_principal`,
+`web/rate_limits.py`). Other checks to add on every request belong in `_guard`, or in
 `_bearer_principal` for tokens only.
 """
 
@@ -36,7 +43,16 @@ from orchestrator.credentials import Principal, authenticate, credential_princip
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.revocation import EpochChanged, EpochSeen, announce, epoch_key
 from orchestrator.sessions import SessionStore, is_session_id, session_key
-from web.principal_cache import PrincipalCache
+from orchestrator.signing import (
+    NONCE_TTL_SECONDS,
+    NonceReused,
+    SignatureRequired,
+    SignedRequest,
+    nonce_key,
+    request_target,
+)
+from web.principal_cache import Hit, PrincipalCache
+from web.rate_limits import count_agent_request
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -115,6 +131,8 @@ def current_principal() -> Principal:
         return g.principal
     token = bearer_token()
     g.principal = _bearer_principal(token) if token is not None else _session_principal()
+    if g.principal.is_agent:
+        count_agent_request()  # before any view runs: over its limit, an agent's request does nothing
     return g.principal
 
 
@@ -127,6 +145,15 @@ def epoch_seen() -> EpochSeen | None:
 def _bearer_principal(token: str) -> Principal:
     key = "token:" + hash_token(token)
     hit = _cache().get(key)
+    if hit is not None and hit.principal.is_agent:
+        signed = _signed_request()
+        if signed is not None:
+            return _signed_cached_agent(token, key, hit.principal, hit.epoch, signed)
+    principal = _token_principal(token, key, hit)
+    return _check_signing(token, key, principal, _signed_request()) if principal.is_agent else principal
+
+
+def _token_principal(token: str, key: str, hit: Hit | None) -> Principal:
     if hit is not None and g.get("auth_defer_epoch"):
         g.auth_epoch_seen = EpochSeen(epoch_key(_prefix()), hit.epoch)
         return hit.principal
@@ -142,6 +169,69 @@ def _bearer_principal(token: str) -> Principal:
         principal = _cached_or_load(key, epoch, lambda s: authenticate(s, token))
     if principal is None:
         raise Unauthorized("The API token is not valid.")
+    return principal
+
+
+# -- agents' signatures (orchestrator/signing.py) ---------------------------------------------------
+
+def _signed_request() -> SignedRequest | None:
+    # From the decoded path, not the raw request line, which not every WSGI server passes on.
+    target = request_target(request.script_root + request.path, request.query_string.decode("latin-1"))
+    return SignedRequest.from_headers(request.method, target, request.headers)
+
+
+def _reload(token: str, key: str, epoch: bytes | None) -> Principal:
+    principal = _cached_or_load(key, epoch, lambda s: authenticate(s, token))
+    if principal is None:
+        raise Unauthorized("The API token is not valid.")
+    return principal
+
+
+def _claim_nonce(pipe: redis.client.Pipeline, agent_id: str, signed: SignedRequest) -> None:
+    pipe.set(nonce_key(_prefix(), agent_id, signed.nonce), b"1", nx=True, ex=NONCE_TTL_SECONDS)
+
+
+def _signed_cached_agent(token: str, key: str, cached: Principal, seen: bytes | None,
+                         signed: SignedRequest) -> Principal:
+    """A cached agent's signed request: one round trip claims the nonce and confirms the epoch."""
+    body = request.get_data(cache=True)
+    try:
+        signed.verify(cached.signing_secret, body)
+    except Unauthorized:
+        epoch, = _read_epoch()
+        if epoch == seen:
+            raise
+        return _check_signing(token, key, _reload(token, key, epoch), signed)  # the secret was rotated
+    pipe = current_app.extensions["redis"].pipeline(transaction=False)
+    pipe.get(epoch_key(_prefix()))
+    _claim_nonce(pipe, cached.id, signed)
+    epoch, claimed = pipe.execute()
+    _cache().observe(epoch)
+    if not claimed:
+        raise NonceReused("This request's nonce was used before.")
+    if epoch == seen:
+        return cached
+    principal = _reload(token, key, epoch)  # access changed meanwhile: the database decides
+    signed.verify(principal.signing_secret, body)
+    return principal
+
+
+def _check_signing(token: str, key: str, principal: Principal, signed: SignedRequest | None) -> Principal:
+    """`principal`, an agent's, once its request is found signed as its signing mode asks."""
+    if signed is None:
+        if principal.signing == "optional":
+            return principal
+        seen = g.pop("auth_epoch_seen", None)  # a cached mode, not yet confirmed: it may have just changed
+        if seen is not None:
+            epoch, = _read_epoch()
+            if epoch != seen.value:
+                return _check_signing(token, key, _reload(token, key, epoch), None)
+        raise SignatureRequired("This agent signs its requests: see the README's Security section.")
+    signed.verify(principal.signing_secret, request.get_data(cache=True))
+    pipe = current_app.extensions["redis"].pipeline(transaction=False)
+    _claim_nonce(pipe, principal.id, signed)
+    if not pipe.execute()[0]:
+        raise NonceReused("This request's nonce was used before.")
     return principal
 
 

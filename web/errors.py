@@ -5,6 +5,7 @@ stack trace and answered with a bare 500, so no internals reach a client. Bad in
 that does not parse, 413 for one past MAX_CONTENT_LENGTH, 422 for one that parses but breaks a schema,
 a storage limit (`UnstorableValue`) or a domain rule. Redis or the database out of reach (a failover, a
 restart, a full pool) is a 503 "unavailable" with `Retry-After`: the request was fine, try it again.
+A request over a rate limit (web/rate_limits.py) is a 429 "rate_limited": it did nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import redis
 from flask import Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
@@ -91,6 +93,12 @@ def register_error_handlers(app: Flask) -> None:
     def _invalid(exc: ValidationError) -> ResponseReturnValue:
         # 422, like every input that parses but breaks a rule; 400 is kept for bodies that do not parse.
         return error_response(422, "invalid_request", "The request is not valid.", exc.messages)
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
+        # Retry-After and the RateLimit-* headers are added on the way out (web/rate_limits.py).
+        return error_response(429, "rate_limited", f"Too many requests: the limit is {exc.limit.limit}.",
+                              {"limit": str(exc.limit.limit)})
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:

@@ -33,10 +33,13 @@ from orchestrator.credentials import Principal
 from orchestrator.errors import Unauthorized
 from orchestrator.execution_views import summary
 from orchestrator.live_tokens import issue_stream_token, verify_stream_token
+from orchestrator.metrics import instruments
 from orchestrator.models import Execution, ExecutionEvent, utcnow
 from orchestrator.publish import channel, event_message, iso
 from web.auth import current_principal, grant_is_live, require_user
+from web.openapi import doc
 from web.relay import Relay, Subscriber, client_frame, send_all
+from web.schemas.answers import StreamTokenSchema
 
 log = logging.getLogger(__name__)
 bp = Blueprint("live", __name__)
@@ -60,6 +63,8 @@ def relay() -> Relay:
 
 
 @bp.post("/api/tokens/stream")
+@doc("A short-lived token that opens the WebSocket streams (see the description)",
+     answers={201: StreamTokenSchema})
 @require_user
 def stream_token() -> ResponseReturnValue:
     token = issue_stream_token(current_app.config["SECRET_KEY"], current_principal(), utcnow())
@@ -141,6 +146,8 @@ def _serve(ws: Any, execution_id: str | None) -> None:
     # The socket's thread wakes on simple_websocket's event: set for the backlog (by the relay), and
     # when the client closes (by the socket's reader thread).
     sub = relay().subscribe(Subscriber(principal, execution_id, wake=ws.event))
+    sockets = instruments().open_websockets
+    sockets.inc()
     try:
         # Checked once subscribed, so that a revocation announced after the check reaches the queue.
         if not grant_is_live(principal):
@@ -148,6 +155,7 @@ def _serve(ws: Any, execution_id: str | None) -> None:
             return
         _send_stream(ws, sub, snapshot)
     finally:
+        sockets.dec()
         relay().unsubscribe(sub)
 
 

@@ -32,6 +32,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_schedule": {
             "rescue-stalled-work": {"task": "workers.tasks.rescue_stalled_work",
                                     "schedule": float(settings.sweep_interval_seconds)},
+            "archive-ended-executions": {"task": "workers.tasks.archive_ended_executions",
+                                         "schedule": float(settings.archive_interval_seconds)},
         },
         # Beat keeps its schedule in memory: a fixed interval gains nothing from a file (a restarted
         # beat just sweeps one interval later; the sweep is idempotent), and a file ties beat to a

@@ -6,19 +6,37 @@ access builds the app from the environment (starting the embedded Redis when RED
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import threading
 from functools import cache
 
+import redis
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
+from prometheus_client import start_http_server
 
 from orchestrator.db import Database
 from orchestrator.embedded_redis import resolved_redis_url
 from orchestrator.encryption import EncryptionKeyError
 from orchestrator.encryption_keys import check_keys
+from orchestrator.liveness import forget_worker, record_worker
 from orchestrator.log_masking import install_log_masking
+from orchestrator.metrics import host_registry
 from orchestrator.settings import Settings
 from workers.celery_app import create_celery
 from workers.runtime import reset_runtime
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -52,6 +70,53 @@ def _check_encryption_keys(**_: object) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     reset_runtime(celery_app())
+
+
+class _Heartbeat:
+    """The worker's heartbeat for /readyz: its main process notes in Redis, every sweep interval, that
+    it is alive (orchestrator/liveness.py). A thread of its own, so that a long task delays nothing."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.settings: Settings = celery_app().orchestrator_settings  # type: ignore[attr-defined]
+        self.redis = redis.Redis.from_url(self.settings.redis_url or "")
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        prefix = self.settings.redis_key_prefix
+        while not self.stopped.is_set():
+            try:
+                record_worker(self.redis, prefix, self.name)
+            except redis.RedisError as exc:  # Redis away: the worker itself will notice soon enough
+                log.warning("worker heartbeat not recorded (%s)", exc)
+            self.stopped.wait(self.settings.sweep_interval_seconds)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            forget_worker(self.redis, self.settings.redis_key_prefix, self.name)
+        self.redis.close()
+
+
+_heartbeat: list[_Heartbeat] = []
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: object = None, **_: object) -> None:
+    beat = _Heartbeat(str(getattr(sender, "hostname", None) or f"{socket.gethostname()}-{os.getpid()}"))
+    threading.Thread(target=beat.run, name="orchestrator-heartbeat", daemon=True).start()
+    _heartbeat.append(beat)
+    port = beat.settings.worker_metrics_port
+    if port:
+        # Where the web runs on another host (a container of its own), Prometheus scrapes the workers here:
+        # the pool's processes write to this host's folder, which this adds up (orchestrator/metrics.py).
+        start_http_server(port, registry=host_registry())
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    while _heartbeat:
+        _heartbeat.pop().stop()
 
 
 @after_setup_logger.connect

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import timedelta
 from typing import Any
 
 import requests
 from celery import Task, shared_task
 
-from orchestrator import sweeper
+from orchestrator import archive, sweeper
 from orchestrator.events.drain import ShardDrainer, backlog_shards
 from orchestrator.liveness import record_beat
 from orchestrator.models import utcnow
@@ -16,6 +18,8 @@ from orchestrator.notify import send_webhook
 from workers.runtime import runtime_for
 
 log = logging.getLogger(__name__)
+
+ARCHIVE_TASK_SECONDS = 30.0
 
 
 def _drainer(task: Task) -> ShardDrainer:
@@ -48,7 +52,7 @@ def rescue_stalled_work(self: Task) -> None:
     """Beat's safety net: drain shards a lost trigger left behind, release overdue work."""
     rt = runtime_for(self.app)
     s = rt.settings
-    record_beat(rt.redis, s.redis_key_prefix)  # /healthz's proof that beat (and a worker) still run
+    record_beat(rt.redis, s.redis_key_prefix)  # /readyz's proof that beat (and a worker) still run
     for shard in backlog_shards(rt.redis, s.redis_key_prefix, s.ingest_shards):
         drain.delay(shard)
     release_overdue_work.delay()
@@ -59,6 +63,18 @@ def release_overdue_work(self: Task) -> None:
     """Subtasks past their timeout, or held by silent agents, go back for retry or fail."""
     rt = runtime_for(self.app)
     sweeper.release_overdue_work(rt.db, rt.redis, rt.settings, utcnow())
+
+
+@shared_task(name="workers.tasks.archive_ended_executions", bind=True, ignore_result=True)
+def archive_ended_executions(self: Task) -> None:
+    """Move the event logs of executions that ended ARCHIVE_AFTER_DAYS ago to the archive, for
+    ARCHIVE_TASK_SECONDS at most: a backlog must not hold a worker process away from the drains."""
+    rt = runtime_for(self.app)
+    s = rt.settings
+    report = archive.archive_ended(rt.db, archive.open_store(s), utcnow(), timedelta(days=s.archive_after_days),
+                                   s.archive_batch_size, until=time.monotonic() + ARCHIVE_TASK_SECONDS)
+    if report and report[-1].done < report[-1].total:
+        archive_ended_executions.delay()  # the rest, behind what waits in the queue
 
 
 @shared_task(name="workers.tasks.notify_owner", bind=True, ignore_result=True, max_retries=8,

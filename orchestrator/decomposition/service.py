@@ -1,5 +1,6 @@
 """Decomposing the tasks of stored plans: who may ask, the configured decomposer, applying a result, and
-`decompose_task`, the one "decompose, then apply above the threshold" that the API and the CLI share.
+`decompose_task`, the one "decompose, then apply above the threshold" that the API and the CLI share, and
+`decompose_plan`, the same for every task and placeholder subtask of a plan not yet decomposed.
 
 A decomposer may call a language model for many seconds, so it runs outside any transaction: the caller
 reads what it needs first, and only applying opens a unit of work.
@@ -8,7 +9,7 @@ reads what it needs first, and only applying opens a unit of work.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,8 +22,9 @@ from orchestrator.db import Database
 from orchestrator.decomposition import Decomposer, DecompositionRequest, DecompositionResult
 from orchestrator.decomposition.llm import LLMDecomposer
 from orchestrator.decomposition.templates import TemplateDecomposer
-from orchestrator.errors import Conflict, NotFound
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.models import Agent, ExecutionSubtask, Plan, PlanSubtask, PlanTask, User, utcnow
+from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.plans import get_plan, plan_to_dict, validate_plan_data
 from orchestrator.settings import Settings
 
@@ -45,17 +47,18 @@ def _find_task(plan: Plan, task_id: str) -> PlanTask:
     return task
 
 
+def _used_by_execution(session: Session, plan_id: str, subtask_ids: list[str]) -> bool:
+    return session.scalar(select(ExecutionSubtask.id).where(
+        ExecutionSubtask.plan_id == plan_id, ExecutionSubtask.plan_subtask_id.in_(subtask_ids)).limit(1)) is not None
+
+
 def _refuse_replacing(session: Session, plan_id: str, task: PlanTask, replace: bool) -> None:
     if task.subtasks and not replace:
         raise Conflict(f"Task {task.id} already has subtasks; send replace=true to overwrite them.",
                        task_id=task.id, subtask_ids=[s.id for s in task.subtasks])
-    if task.subtasks:
-        used = session.scalar(select(ExecutionSubtask.id).where(
-            ExecutionSubtask.plan_id == plan_id,
-            ExecutionSubtask.plan_subtask_id.in_([s.id for s in task.subtasks])).limit(1))
-        if used is not None:
-            raise Conflict(f"Task {task.id}'s subtasks are used by an execution; they cannot be replaced.",
-                           task_id=task.id)
+    if task.subtasks and _used_by_execution(session, plan_id, [s.id for s in task.subtasks]):
+        raise Conflict(f"Task {task.id}'s subtasks are used by an execution; they cannot be replaced.",
+                       task_id=task.id)
 
 
 def _as_plan_subtasks(result: DecompositionResult) -> list[dict[str, Any]]:
@@ -88,17 +91,76 @@ def apply_decomposition(session: Session, principal: Principal, plan_id: str, ta
     task.subtasks.clear()
     session.flush()
     for pos, s in enumerate(new):
-        task.subtasks.append(PlanSubtask(
-            plan_id=plan_id, id=s["id"], title=s["title"], action=s["action"], params=s["params"], position=pos,
-            prerequisite_subtask_ids=s["prerequisite_subtask_ids"], success_criteria=s["success_criteria"],
-            failure_handling=s["failure_handling"], created_at=now,
-        ))
+        task.subtasks.append(_new_row(plan_id, s, now))
+        task.subtasks[-1].position = pos
     task.decomposed = bool(new)
     task.decomposition_confidence = result.decomposition_confidence
     notes = result.notes or ""
     if result.warnings:
         notes = (notes + "\n" if notes else "") + "Warnings: " + "; ".join(result.warnings)
     task.decomposition_notes = notes or None
+    session.flush()
+    return task
+
+
+def _new_row(plan_id: str, s: dict[str, Any], now: datetime) -> PlanSubtask:
+    return PlanSubtask(plan_id=plan_id, id=s["id"], title=s["title"], action=s["action"], params=s["params"],
+                       prerequisite_subtask_ids=s["prerequisite_subtask_ids"], success_criteria=s["success_criteria"],
+                       failure_handling=s["failure_handling"], created_at=now)
+
+
+def _swapped(ids: list[str], old: str, new: list[str]) -> list[str]:
+    return list(dict.fromkeys(x for i in ids for x in (new if i == old else [i])))
+
+
+def _spliced(placeholder: PlanSubtask, result: DecompositionResult) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the result's subtasks, those of them nothing else in the result waits for). The first of them
+    wait for what the placeholder waited for."""
+    new = _as_plan_subtasks(result)
+    waited_on = {d for s in new for d in s["prerequisite_subtask_ids"]}
+    inherited = list(placeholder.prerequisite_subtask_ids or [])
+    for s in new:
+        s["prerequisite_subtask_ids"] = s["prerequisite_subtask_ids"] or list(inherited)
+    return new, [s["id"] for s in new if s["id"] not in waited_on]
+
+
+def replace_placeholder(session: Session, principal: Principal, plan_id: str, subtask_id: str,
+                        result: DecompositionResult, now: datetime) -> PlanTask:
+    """Replace placeholder subtask `subtask_id` (action MANUAL_ACTION) by `result`'s subtasks, at its place:
+    the first of them wait for what it waited for, and what waited for it waits for the last of them. Its
+    task is decomposed once no placeholder is left. Refused (Conflict) when the subtask is no placeholder
+    or an execution has copied it."""
+    plan = get_plan(session, principal, plan_id)
+    task, old = next(((t, s) for t in plan.tasks for s in t.subtasks if s.id == subtask_id), (None, None))
+    if task is None or old is None:
+        raise NotFound(f"Subtask {subtask_id} not found in plan {plan_id}.", plan_id=plan_id, subtask_id=subtask_id)
+    if old.action != MANUAL_ACTION:
+        raise Conflict(f"Subtask {subtask_id} is already decomposed.", subtask_id=subtask_id)
+    if _used_by_execution(session, plan_id, [subtask_id]):
+        raise Conflict(f"Subtask {subtask_id} is used by an execution; it cannot be replaced.", subtask_id=subtask_id)
+    new, ends = _spliced(old, result)
+    data = plan_to_dict(plan)  # the whole plan as it would be, checked before any row changes
+    for t in data["tasks"]:
+        at = next((i for i, s in enumerate(t["subtasks"]) if s["id"] == subtask_id), None)
+        if at is not None:
+            t["subtasks"][at:at + 1] = new
+        for s in t["subtasks"]:
+            s["prerequisite_subtask_ids"] = _swapped(s["prerequisite_subtask_ids"], subtask_id, ends)
+    validate_plan_data(data)
+
+    at = task.subtasks.index(old)
+    task.subtasks.remove(old)
+    session.flush()
+    task.subtasks[at:at] = [_new_row(plan_id, s, now) for s in new]
+    for pos, row in enumerate(task.subtasks):
+        row.position = pos
+    for row in (r for t in plan.tasks for r in t.subtasks if subtask_id in (r.prerequisite_subtask_ids or [])):
+        row.prerequisite_subtask_ids = _swapped(row.prerequisite_subtask_ids, subtask_id, ends)
+    task.decomposed = not any(r.action == MANUAL_ACTION for r in task.subtasks)
+    known = task.decomposition_confidence
+    task.decomposition_confidence = min(1.0 if known is None else known, result.decomposition_confidence)
+    if task.decomposed:
+        task.decomposition_notes = "Its placeholder subtasks were decomposed (the lowest confidence is kept)."
     session.flush()
     return task
 
@@ -175,6 +237,10 @@ class Decomposed:
         return body
 
 
+def _confident(result: DecompositionResult, threshold: float) -> bool:
+    return result.decomposition_confidence >= threshold and bool(result.decomposed_subtasks)
+
+
 def decompose_task(db: Database, settings: Settings, request: DecompositionRequest, *,
                    apply_to: ApplyTo | None = None, warnings: Sequence[str] = ()) -> Decomposed:
     """Decompose `request` with the configured decomposer; with `apply_to`, store the result when it has
@@ -185,9 +251,78 @@ def decompose_task(db: Database, settings: Settings, request: DecompositionReque
     if apply_to is None:
         return Decomposed(result)
     threshold = settings.decomposition_apply_threshold
-    applied = result.decomposition_confidence >= threshold and bool(result.decomposed_subtasks)
+    applied = _confident(result, threshold)
     if applied:
         with db.unit_of_work() as s:
             apply_decomposition(s, apply_to.principal, apply_to.plan_id, request.task_id, result, utcnow(),
                                 replace=apply_to.replace)
     return Decomposed(result, threshold, applied)
+
+
+@dataclass
+class PlanDecomposition:
+    """What `decompose_plan` did: per task or placeholder subtask, applied, left as a proposal, or skipped."""
+
+    plan_id: str
+    apply_threshold: float
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    proposals: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_response(self) -> dict[str, Any]:
+        return {"plan_id": self.plan_id, "apply_threshold": self.apply_threshold,
+                "counts": {"applied": len(self.applied), "proposals": len(self.proposals),
+                           "skipped": len(self.skipped)},
+                "applied": self.applied, "proposals": self.proposals, "skipped": self.skipped}
+
+
+def undecomposed_work(session: Session, principal: Principal, plan_id: str, capabilities: list[str],
+                      ) -> list[tuple[str, DecompositionRequest]]:
+    """("task", request) for each task without subtasks and ("subtask", request) for each placeholder
+    subtask (MANUAL_ACTION), in plan order. A placeholder's request describes it as a task: its title,
+    the description and assignee_role its params hold, and its task's title in the plan context."""
+    plan = get_plan(session, principal, plan_id)
+    context = {"goal": plan.goal, **(plan.context or {})}
+    work: list[tuple[str, DecompositionRequest]] = []
+    for task in plan.tasks:
+        if not task.subtasks:
+            work.append(("task", DecompositionRequest(
+                task={"task_id": task.id, "title": task.title, "description": task.description or "",
+                      "assignee_role": task.assignee_role}, plan_context=context, capabilities=capabilities)))
+        for sub in (s for s in task.subtasks if s.action == MANUAL_ACTION):
+            params = sub.params or {}
+            work.append(("subtask", DecompositionRequest(
+                task={"task_id": sub.id, "title": sub.title, "description": str(params.get("description") or ""),
+                      "assignee_role": params.get("assignee_role") or task.assignee_role},
+                plan_context={**context, "parent_task": task.title}, capabilities=capabilities)))
+    return work
+
+
+def decompose_plan(db: Database, settings: Settings, principal: Principal, plan_id: str,
+                   capabilities: list[str]) -> PlanDecomposition:
+    """Decompose every task without subtasks and every placeholder subtask of the plan with the configured
+    decomposer, and apply each result whose confidence reaches DECOMPOSITION_APPLY_THRESHOLD (a placeholder
+    is replaced: `replace_placeholder`); the others are returned as proposals to review. Each result is
+    applied in its own unit of work, so one refused (used by an execution meanwhile) skips only itself."""
+    with db.reading() as s:
+        work = undecomposed_work(s, principal, plan_id, capabilities)
+    decomposer = decomposer_for(settings)
+    out = PlanDecomposition(plan_id, settings.decomposition_apply_threshold)
+    for kind, request in work:
+        result = decomposer.decompose(request)
+        if not _confident(result, out.apply_threshold):
+            out.proposals.append({"kind": kind, **result.to_response()})
+            continue
+        try:
+            with db.unit_of_work() as s:
+                if kind == "task":
+                    apply_decomposition(s, principal, plan_id, request.task_id, result, utcnow())
+                else:
+                    replace_placeholder(s, principal, plan_id, request.task_id, result, utcnow())
+        except (Conflict, ValidationFailed) as exc:
+            out.skipped.append({"kind": kind, "id": request.task_id, "reason": exc.message})
+            continue
+        out.applied.append({"kind": kind, "id": request.task_id, "decomposer": result.decomposer,
+                            "decomposition_confidence": result.decomposition_confidence,
+                            "subtask_ids": list(result.execution_sequence)})
+    return out

@@ -13,7 +13,7 @@ XADD to the execution's shard), so an answered 2xx means the events are in Redis
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,7 @@ from orchestrator.events.protocol import (
 )
 from orchestrator.holds import holds_key, members_key, record_members
 from orchestrator.ids import event_id as new_event_id
+from orchestrator.metrics import instruments
 from orchestrator.models import Execution, ExecutionSubtask
 from orchestrator.revocation import EpochSeen
 
@@ -164,12 +165,15 @@ class Ingestor:
         `awaited`: the caller waits for the outcome (`wait_outcome`), so the worker pushes it a reply."""
         checked = self._check(agent_id, items, epoch)
         if checked.refused:
+            _count_refusals(checked.refused.values())
             if len(items) == 1:
                 raise checked.refused[0]
             raise EventsRefused("Some events were refused; none of the batch was accepted.", refused=[
                 {"index": i, "code": getattr(e, "code", "refused"), "message": getattr(e, "message", str(e))}
                 for i, e in sorted(checked.refused.items())])
         fresh = [i for i in range(len(items)) if i not in checked.earlier]
+        if checked.earlier:
+            instruments().events_duplicate.inc(len(checked.earlier))
         queued = self._queue(agent_id, [(items[i], checked.keys[i], checked.prints[i]) for i in fresh], received_at,
                              awaited)
         result = dict(checked.earlier)
@@ -316,6 +320,11 @@ class Ingestor:
         accepted = [Accepted(eid.decode() if isinstance(eid, bytes) else eid, s.execution_id, duplicate=not is_new)
                     for (s, _, _), is_new, eid in zip(items, raw[0:2 * len(items):2], raw[1:2 * len(items):2],
                                                       strict=True)]
+        new = sum(1 for a in accepted if not a.duplicate)
+        counters = instruments()
+        counters.events_accepted.inc(new)
+        if new < len(accepted):
+            counters.events_duplicate.inc(len(accepted) - new)
         for shard, flag_set in zip(flags, raw[2 * len(items):], strict=True):
             if flag_set:  # no drain is queued or running for this shard: start one
                 self.trigger(shard)
@@ -340,6 +349,12 @@ class Ingestor:
         """(still pending, the stored record: whose event it is, and its outcome once there) in one
         read; (False, None) when Redis no longer knows the event."""
         return read_outcome(self.redis.get(self.keys.outcome(event_id)))
+
+
+def _count_refusals(refusals: Iterable[Exception]) -> None:
+    rejected = instruments().events_rejected
+    for exc in refusals:
+        rejected.labels("accept", getattr(exc, "code", "refused")).inc()
 
 
 def _ref(body: dict[str, Any]) -> str | None:

@@ -10,6 +10,7 @@ pub/sub messages, released holds, transition log lines and owner notifications (
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +53,7 @@ class BatchResult:
     after: AfterCommit = field(default_factory=AfterCommit)
     applied: int = 0
     duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # error code → new events answered not applied
 
     def merge(self, other: BatchResult) -> None:
         """Add another (already committed) batch: its outcomes, counts and what it must do after its commit."""
@@ -59,6 +61,7 @@ class BatchResult:
         self.after.merge(other.after)
         self.applied += other.applied
         self.duplicates += other.duplicates
+        self.rejected.update(other.rejected)
 
 
 @dataclass
@@ -299,6 +302,7 @@ def apply_batch(session: Session, envelopes: list[Envelope], now: datetime, memo
     for env in fresh:
         applier.apply(env)
     result = applier.finish()
+    result.rejected.update(o["error"]["code"] for o in result.outcomes.values() if not o.get("applied", True))
     for eid, outcome in seen.items():
         result.outcomes[eid] = outcome or {"event_id": eid, "applied": True}
     result.duplicates = len(envelopes) - len(fresh)

@@ -18,6 +18,7 @@ import redis
 from orchestrator.errors import NotFound
 from orchestrator.events import protocol
 from orchestrator.events.protocol import Envelope, MalformedEntry, pending_outcome, rejected_outcome, store_outcome
+from orchestrator.metrics import instruments
 from orchestrator.models import utcnow
 from orchestrator.publish import iso
 
@@ -77,6 +78,7 @@ class DeadLetters:
         if env is not None:
             store_outcome(pipe, self.keys, env.id, orjson.dumps(rejected_outcome(env, "rejected", REJECTED_MESSAGE)))
         pipe.execute()
+        instruments().events_dead_lettered.labels(reason).inc()
 
     def count(self) -> int:
         return int(self.redis.xlen(self.keys.dead_letters()))

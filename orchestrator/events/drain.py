@@ -39,6 +39,7 @@ from orchestrator.events.apply import BatchResult, WorkerMemory, apply_batch
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.events.lease import FencedOut, LeaseLost, ShardLease, ShardLeases, advance_fence
 from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry, store_outcome
+from orchestrator.metrics import instruments
 from orchestrator.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,9 @@ class ShardDrainer:
                 start = self._next_start(start, got)
                 continue
             entries = self._decode(shard, stream, raw, stats)
+            began = time.perf_counter()
             result, failed = self._apply_isolating(entries, lease, first_delivery=start == ">")
+            _count_batch(result, len(raw), time.perf_counter() - began)
             done = [eid for eid, _ in entries if eid not in failed]
             self._after_commit(result, {env.id for _, env in entries if not env.awaited}, stream, done)
             stats.batches += 1
@@ -313,6 +316,16 @@ class ShardDrainer:
             pipe.xdel(stream, *done)
         pipe.execute()
         carry_out(self.redis, self.prefix, result.after, self.notify)
+
+
+def _count_batch(result: BatchResult, size: int, seconds: float) -> None:
+    """Metrics of a batch whose transaction committed (counter increments only: no round trip)."""
+    counters = instruments()
+    counters.apply_batch_size.observe(size)
+    counters.apply_batch_seconds.observe(seconds)
+    counters.events_applied.inc(result.applied)
+    for code, n in result.rejected.items():
+        counters.events_rejected.labels("apply", code).inc(n)
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from orchestrator.encryption import EncryptedText
 from orchestrator.models.base import Base, utcnow
 
 
@@ -26,5 +27,12 @@ class Agent(Base):
 
     # [{"action": "send_email", "params": ["to", "subject", "body"]}, ...]
     capabilities: Mapped[list[Any]] = mapped_column(default=list)
+
+    # Request signing (orchestrator/signing.py): "required" or "optional" (during a migration). Agents
+    # registered before signing existed have no secret and were migrated as "optional".
+    signing: Mapped[str] = mapped_column(String(16), default="required", server_default="optional")
+    signing_secret: Mapped[str | None] = mapped_column(EncryptedText())  # the HMAC key, shown once
+    # Requests per minute this agent may make; NULL means the settings' default.
+    rate_limit_per_minute: Mapped[int | None]
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

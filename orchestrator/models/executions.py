@@ -45,6 +45,13 @@ class Execution(Base):
     completed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None] = mapped_column(onupdate=utcnow)
 
+    # Where the event log went once the execution had ended long ago (orchestrator/archive.py): a
+    # location without `archived_at` is an archival under way; `restored_at` keeps a restored log hot.
+    archived_at: Mapped[datetime | None]
+    archive_location: Mapped[str | None] = mapped_column(String(1024))
+    archived_events: Mapped[int | None]
+    restored_at: Mapped[datetime | None]
+
     plan: Mapped[Plan] = relationship(back_populates="executions")
     agent: Mapped[Agent | None] = relationship()
     tasks: Mapped[list[ExecutionTask]] = relationship(
@@ -120,6 +127,8 @@ class ExecutionSubtask(Base):
     not_before: Mapped[datetime | None]  # retry backoff: not handed out before this
     # Params a person approved in place of the plan's (an "approve alternative" answer to a block).
     params_override: Mapped[dict[str, Any] | None] = mapped_column(EncryptedJSON)
+    # The action a person switched the subtask to (`approve_phone_call`: make_phone_call), else the plan's.
+    action_override: Mapped[str | None] = mapped_column(String(120))
 
     agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"))  # the agent holding it
     claimed_at: Mapped[datetime | None]

@@ -48,12 +48,16 @@ def needs_redis() -> None:
 
 
 @pytest.fixture
-def needs_stack(needs_redis: None) -> None:
-    """wrk, PostgreSQL and Redis: what a bench that starts the whole stack needs."""
-    if shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+def needs_postgres() -> None:
     if not _postgres_reachable():
         pytest.skip("needs PostgreSQL over TCP (BENCH_PG)")
+
+
+@pytest.fixture
+def needs_stack(needs_redis: None, needs_postgres: None) -> None:
+    """wrk, PostgreSQL and Redis: what a bench that drives the whole stack with wrk needs."""
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
 
 
 @pytest.fixture

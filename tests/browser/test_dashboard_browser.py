@@ -71,7 +71,7 @@ class Agent:
     def __init__(self, base: str, scene: Scene) -> None:
         self.base, self.scene = base, scene
         self.s = requests.Session()
-        self.s.headers["Authorization"] = f"Bearer {scene.agent_key}"
+        self.s.auth = scene.auth  # its key, and its signature on every request
 
     def poll(self) -> requests.Response:
         return self.s.get(f"{self.base}/api/agents/{self.scene.agent_id}/work", timeout=30)

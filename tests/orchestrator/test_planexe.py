@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.errors import ValidationFailed
 from orchestrator.models import utcnow
-from orchestrator.plan_schema import PlanSchema
+from orchestrator.plan_schema import MANUAL_ACTION, PlanSchema
 from orchestrator.planexe import base_name, planexe_to_plan, read_folder
 from orchestrator.plans import create_plan, plan_to_dict
 from tests.factories import make_user
@@ -35,8 +35,13 @@ def test_folder_import_maps_phases_tasks_subtasks_dependencies_and_durations() -
     assert list(tasks) == [T11, T12, T21, T22]
     assert {t["phase_title"] for t in data["tasks"]} == {"Discovery", "Build"}
     assert [s["title"] for s in tasks[T11]["subtasks"]] == ["Send the interview invitation", "Hold the interview"]
-    assert tasks[T11]["decomposed"] and tasks[T21]["decomposed"]
-    assert not tasks[T12]["decomposed"] and not tasks[T22]["decomposed"]
+    # Level-3 items are placeholders for human work: nothing imported is decomposed yet.
+    assert not any(t["decomposed"] for t in tasks.values())
+    first = tasks[T11]["subtasks"][0]
+    assert first["action"] == MANUAL_ACTION and first["params"] == {
+        "description": "Email Carol to book a slot", "assignee_role": "email", "resources_needed": ["email"]}
+    assert "placeholders" in tasks[T11]["decomposition_notes"]
+    assert "without level-3" in tasks[T12]["decomposition_notes"]
     assert tasks[T12]["prerequisite_task_ids"] == [T11]
     assert tasks[T21]["prerequisite_task_ids"] == [T12]  # the unknown id is dropped
     assert tasks[T11]["prerequisite_task_ids"] == []  # would close the cycle T11 → T21 → T12 → T11
@@ -58,12 +63,15 @@ def test_imported_plan_is_stored(db) -> None:
         plan = create_plan(s, owner.id, PlanSchema().load(data), utcnow(), source="planexe")
         stored = plan_to_dict(plan)
     assert stored["source"] == "planexe" and len(stored["tasks"]) == 4
-    assert [t["decomposed"] for t in stored["tasks"]] == [True, False, True, False]
+    assert [t["decomposed"] for t in stored["tasks"]] == [False] * 4
+    assert [s["decomposed"] for s in stored["tasks"][0]["subtasks"]] == [False, False]
 
 
 def test_prefixes_do_not_matter() -> None:
     files = {f"9{name}": content for name, content in read_folder(FIXTURE).items()}
     assert base_name("021-task_dependencies_raw.json") == "task_dependencies_raw.json"
+    assert base_name("run/018-5-wbs_level2.json") == "wbs_level2.json"  # PlanExe's two-part prefixes
+    assert base_name("018-3-wbs_level1_project_title.json") == "wbs_level1_project_title.json"
     assert planexe_to_plan(files)[0]["tasks"][1]["prerequisite_task_ids"] == [T11]
 
 

@@ -14,6 +14,7 @@ from orchestrator.errors import Forbidden, NotFound
 from orchestrator.execution_graph import complete_subtask, load_graphs
 from orchestrator.executions import create_execution
 from orchestrator.models import Agent, Execution, ExecutionSubtask, PlanSubtask, utcnow
+from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.scheduling import claim_work
 from tests.factories import make_agent, make_plan, make_user
 from tests.workers.helpers import assert_each_claimed_once, queued_execution
@@ -177,6 +178,17 @@ def test_capabilities_stand_in_for_supported_actions(db) -> None:
     with db.unit_of_work() as s:
         s.get(Execution, scene.execution_id).agent_id = "agent_any"
     assert claim(db, "agent_any").payload["next_task"]["action"] == "send_email"  # no capabilities: anything
+
+
+def test_a_manual_placeholder_goes_only_to_an_agent_that_declares_it(db) -> None:
+    queued_execution(db, n_subtasks=1)
+    with db.unit_of_work() as s:
+        s.execute(update(PlanSubtask).values(action=MANUAL_ACTION))
+        make_agent(s, "agent_any", capabilities=[])
+        make_agent(s, "agent_human", capabilities=[{"action": MANUAL_ACTION, "params": []}])
+    assert claim(db, "agent_any").payload is None  # "any action" is any an agent can run, not human work
+    assert claim(db, "agent_any", {"send_email"}).payload is None
+    assert claim(db, "agent_human").payload["next_task"]["action"] == MANUAL_ACTION
 
 
 def test_explicit_supported_actions_override_capabilities(db) -> None:

@@ -20,6 +20,7 @@ import pytest
 import redis as redis_lib
 import requests
 from flask import Flask
+from orchestrator_sdk.client import SignedAuth
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -198,9 +199,9 @@ def test_backends_terminated_under_load_never_answer_500(db, migrated, live_serv
     def client_loop(scene: Any) -> None:
         with requests.Session() as http:
             while not stop.is_set():
-                for path, token in ((f"/api/agents/{scene.agent_id}/work", scene.agent_key),
-                                    ("/api/executions", operator)):
-                    codes[http.get(live_server.url + path, headers=bearer(token), timeout=30).status_code] += 1
+                for path, auth in ((f"/api/agents/{scene.agent_id}/work", scene.auth),
+                                   ("/api/executions", SignedAuth(operator))):
+                    codes[http.get(live_server.url + path, auth=auth, timeout=30).status_code] += 1
 
     threads = [threading.Thread(target=client_loop, args=(scene,)) for scene in scenes]
     for thread in threads:

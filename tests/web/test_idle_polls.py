@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 import requests
+from orchestrator_sdk.client import SignedAuth
 from sqlalchemy import Engine, event, select
 
 from orchestrator.credentials import issue_credential
@@ -54,12 +55,14 @@ class Scene:
         with db.unit_of_work() as s:
             self.owner, self.token = make_user_with_token(s, "mark")
         self.keys: dict[str, str] = {}
+        self.auths: dict[str, SignedAuth] = {}  # for requests over real HTTP: key and signature
 
     def agent(self, agent_id: str, owned: bool = True, actions: tuple[str, ...] = ("send_email",)) -> str:
         with self.db.unit_of_work() as s:
-            make_agent(s, agent_id, owner_id=self.owner.id if owned else None,
-                       capabilities=[{"action": a, "params": []} for a in actions])
+            agent = make_agent(s, agent_id, owner_id=self.owner.id if owned else None,
+                               capabilities=[{"action": a, "params": []} for a in actions])
             _, self.keys[agent_id] = issue_credential(s, agent_id=agent_id)
+            self.auths[agent_id] = SignedAuth(self.keys[agent_id], agent.signing_secret)
         return agent_id
 
     def agents(self, *agent_ids: str) -> None:
@@ -328,7 +331,7 @@ def test_no_subtask_is_claimed_twice_by_concurrent_polls(db, live_server, redis,
         deadline = time.monotonic() + 60
         while waiting and time.monotonic() < deadline:
             for agent_id in list(waiting):
-                resp = http.get(f"{live_server.url}/api/agents/{agent_id}/work", headers=bearer(scene.keys[agent_id]),
+                resp = http.get(f"{live_server.url}/api/agents/{agent_id}/work", auth=scene.auths[agent_id],
                                 timeout=30)
                 if resp.status_code == 200:
                     work = resp.json()

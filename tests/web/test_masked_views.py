@@ -10,6 +10,7 @@ import json
 import pytest
 import requests
 import simple_websocket
+from orchestrator_sdk.client import SignedAuth
 
 from tests.web.test_stream import receive_until, ws_url
 
@@ -22,14 +23,14 @@ EXEC = "exec_masked_1"
 
 
 class Api:
-    def __init__(self, base: str, token: str) -> None:
-        self.base, self.headers = base, {"Authorization": f"Bearer {token}"}
+    def __init__(self, base: str, token: str, signing_secret: str | None = None) -> None:
+        self.base, self.auth = base, SignedAuth(token, signing_secret)
 
     def get(self, path: str, **params: str) -> requests.Response:
-        return requests.get(self.base + path, params=params, headers=self.headers, timeout=30)
+        return requests.get(self.base + path, params=params, auth=self.auth, timeout=30)
 
     def send(self, method: str, path: str, body: dict) -> requests.Response:
-        resp = requests.request(method, self.base + path, json=body, headers=self.headers, timeout=30)
+        resp = requests.request(method, self.base + path, json=body, auth=self.auth, timeout=30)
         assert resp.status_code in (200, 201), resp.text
         return resp
 
@@ -38,9 +39,10 @@ class Api:
 def scene(db, people, live_server, worker) -> dict[str, Api]:
     """Mark's execution, blocked by his agent's report full of Carol's address and number."""
     mark = Api(live_server.url, people.tokens["mark"])
-    key = mark.send("POST", "/api/agents", {"id": "agent_masked", "name": "Larry", "capabilities": ["send_email"]}
-                    ).json()["api_key"]
-    agent = Api(live_server.url, key)
+    registered = mark.send("POST", "/api/agents", {"id": "agent_masked", "name": "Larry",
+                                                   "capabilities": ["send_email"]}).json()
+    key = registered["api_key"]
+    agent = Api(live_server.url, key, registered["signing_secret"])
     mark.send("POST", "/api/plans", {"id": "plan_masked", "goal": "Interview Carol", "tasks": [
         {"id": "task_1", "title": "Interview Carol", "subtasks": [
             {"id": "task_1_a", "title": "Write to Carol", "action": "send_email", "params": PARAMS},

@@ -59,7 +59,7 @@ def receive_until(ws, pred, timeout: float = 10) -> list[dict]:
 def post_event(live_server, scene, body: dict) -> requests.Response:
     return requests.post(f"{live_server.url}/api/executions/{scene.execution_id}/events",
                          json={"agent_id": scene.agent_id, **body},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
 
 
 def test_events_and_updates_arrive_live(db, redis, migrated, live_server, worker) -> None:

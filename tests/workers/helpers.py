@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis as redis_lib
+from orchestrator_sdk.client import SignedAuth
 from sqlalchemy import text
 
 from orchestrator.credentials import issue_credential
@@ -29,6 +30,12 @@ class Scene:
     agent_id: str
     agent_key: str
     execution_id: str
+    signing_secret: str | None = None  # the agent's, for clients that sign (AgentClient, SignedAuth)
+
+    @property
+    def auth(self) -> SignedAuth:
+        """`requests`' auth= for the agent: its key, and its signature on every request."""
+        return SignedAuth(self.agent_key, self.signing_secret)
 
 
 def queued_execution(db: Database, *, n_tasks: int = 1, n_subtasks: int = 2, retry_policy: dict | None = None,
@@ -45,7 +52,7 @@ def queued_execution(db: Database, *, n_tasks: int = 1, n_subtasks: int = 2, ret
         s.flush()
         ex = create_execution(s, owner.id, plan.id, utcnow(), execution_id=execution_id)
         ex.status = "QUEUED"
-        return Scene(owner.id, agent.id, key, ex.id)
+        return Scene(owner.id, agent.id, key, ex.id, agent.signing_secret)
 
 
 def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, subtask_id: str, *,

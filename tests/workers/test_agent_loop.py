@@ -8,6 +8,7 @@ import time
 
 import pytest
 import requests
+from orchestrator_sdk.client import SignedAuth
 
 from tests.factories import make_user_with_token
 from tests.workers.helpers import assert_each_claimed_once
@@ -19,10 +20,10 @@ GUIDE_PARAMS = {"to": "carol@bittersweet-farm.com", "subject": "Discovery Interv
 
 
 class Api:
-    def __init__(self, base: str, token: str) -> None:
+    def __init__(self, base: str, token: str, signing_secret: str | None = None) -> None:
         self.base = base
         self.s = requests.Session()
-        self.s.headers["Authorization"] = f"Bearer {token}"
+        self.s.auth = SignedAuth(token, signing_secret)  # an agent's requests are signed
 
     def __getattr__(self, method: str):
         return lambda path, **kw: self.s.request(method.upper(), self.base + path, timeout=30, **kw)
@@ -42,7 +43,7 @@ def register(operator: Api, agent_id: str, capabilities: list) -> Api:
     resp = operator.post("/api/agents", json={"id": agent_id, "name": agent_id, "role": "Full-stack contractor",
                                               "capabilities": capabilities})
     assert resp.status_code == 201, resp.text
-    return Api(operator.base, resp.json()["api_key"])
+    return Api(operator.base, resp.json()["api_key"], resp.json()["signing_secret"])
 
 
 def carol_plan(operator: Api, plan_id: str = "plan_carol_breeder_sys_20260211") -> None:
@@ -67,7 +68,7 @@ def start(operator: Api, plan_id: str, execution_id: str, agent_id: str | None =
     assert resp.status_code == 200 and resp.json()["status"] == "QUEUED", resp.text
 
 
-def test_guide_examples_verbatim(operator) -> None:
+def test_guide_poll_and_report_examples_verbatim(operator) -> None:
     larry = register(operator, "agent_larry_001", ["send_email", "make_phone_call", "search_google_maps",
                                                     "document_requirements"])
     carol_plan(operator)
@@ -103,7 +104,12 @@ def test_guide_examples_verbatim(operator) -> None:
     assert (out["execution_id"], out["next_task_id"], out["next_action"]) == (
         "exec_carol_prospect_20260211_001", "task_1_1_b", "document_requirements")
 
-    # The error example, on a second execution of the same plan.
+
+
+def test_guide_error_example_verbatim_and_its_resolution(operator) -> None:
+    larry = register(operator, "agent_larry_001", ["send_email", "make_phone_call", "search_google_maps",
+                                                    "document_requirements"])
+    carol_plan(operator)
     start(operator, "plan_carol_breeder_sys_20260211", "exec_carol_prospect_20260211_002", "agent_larry_001")
     resp = larry.get("/api/agents/agent_larry_001/work?supported_actions=send_email")
     assert resp.json()["execution_id"] == "exec_carol_prospect_20260211_002"

@@ -10,9 +10,9 @@ import secrets
 
 import pytest
 import requests
+from orchestrator_sdk.client import AgentClient
 from sqlalchemy import select
 
-from orchestrator.client import AgentClient
 from orchestrator.encryption import new_key
 from orchestrator.encryption_keys import check_keys
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, ExecutionTask, Plan, PlanSubtask
@@ -37,7 +37,7 @@ def test_a_dump_holds_no_email_or_phone_in_plaintext(db, migrated, live_server, 
     agent_id = f"agent_{tag}"
     resp = operator.post(f"{base}/api/agents", json={"id": agent_id, "name": "Larry", "capabilities": ["send_email"]})
     assert resp.status_code == 201, resp.text
-    agent = AgentClient(base, agent_id, resp.json()["api_key"])
+    agent = AgentClient(base, agent_id, resp.json()["api_key"], signing_secret=resp.json()["signing_secret"])
     plan_id, execution_id = f"plan_{tag}", f"exec_{tag}"
     resp = operator.post(f"{base}/api/plans", json={
         "id": plan_id, "goal": marker, "context": {"owner_email": email, "owner_phone": phone},
@@ -70,7 +70,11 @@ def test_a_dump_holds_no_email_or_phone_in_plaintext(db, migrated, live_server, 
     for secret in (email, phone, other_email):
         assert secret.encode() not in dump, f"{secret} is stored in plaintext"
 
-    # ...and every copy reads back whole.
+    _every_copy_reads_back_whole(db, plan_id, execution_id, email, phone, other_email)
+
+
+def _every_copy_reads_back_whole(db, plan_id: str, execution_id: str, email: str, phone: str, other_email: str) -> None:
+    """Encrypted, yet every copy of the personal data reads back whole."""
     with db.reading() as s:
         assert s.get(Plan, plan_id).context == {"owner_email": email, "owner_phone": phone}
         assert s.get(PlanSubtask, (plan_id, "task_1_a")).params == {"to": email, "call": phone}

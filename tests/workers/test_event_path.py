@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def post(live_server, scene, body: dict, **kw) -> requests.Response:
     body = {"agent_id": scene.agent_id, **body}
     return requests.post(f"{live_server.url}/api/executions/{scene.execution_id}/events", json=body,
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30, **kw)
+                         auth=scene.auth, timeout=30, **kw)
 
 
 def test_complete_every_subtask_completes_the_execution(db, redis, migrated, live_server, worker) -> None:
@@ -122,8 +122,7 @@ def test_bad_events_are_refused_before_the_queue(db, redis, migrated, live_serve
     nokey = requests.post(f"{live_server.url}/api/executions/{scene.execution_id}/events", json={}, timeout=10)
     assert nokey.status_code == 401
     garbage = requests.post(f"{live_server.url}/api/executions/{scene.execution_id}/events", data="{not json",
-                            headers={"Authorization": f"Bearer {scene.agent_key}",
-                                     "Content-Type": "application/json"}, timeout=10)
+                            headers={"Content-Type": "application/json"}, auth=scene.auth, timeout=10)
     assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "bad_request"
     assert "Traceback" not in garbage.text
 
@@ -141,7 +140,7 @@ def test_slow_apply_answers_202_with_a_status_url(db, redis, migrated, live_serv
     url = live_server.url + resp.json()["status_url"]
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        got = requests.get(url, headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=10)
+        got = requests.get(url, auth=scene.auth, timeout=10)
         if got.status_code == 200:
             break
         assert got.status_code == 202
@@ -157,7 +156,7 @@ def test_batch_of_events(db, redis, migrated, live_server, worker) -> None:
     events.append({"execution_id": scene.execution_id, "agent_id": scene.agent_id, "event_type": "task_complete",
                    "task_id": "task_0_a"})
     resp = requests.post(f"{live_server.url}/api/events/batch", json={"events": events},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
     assert resp.status_code == 202, resp.text
     assert resp.json()["accepted"] == 51
     deadline = time.monotonic() + 20
@@ -170,7 +169,7 @@ def test_batch_of_events(db, redis, migrated, live_server, worker) -> None:
         time.sleep(0.1)
     assert n == 51
     too_many = requests.post(f"{live_server.url}/api/events/batch", json={"events": events * 20},
-                             headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                             auth=scene.auth, timeout=30)
     assert too_many.status_code == 422
 
 
@@ -203,7 +202,7 @@ def test_a_batch_stores_outcomes_and_pushes_no_reply(db, redis, migrated, live_s
     events = [{"agent_id": scene.agent_id, "execution_id": scene.execution_id, "event_type": "heartbeat",
                "message": f"beat {i}"} for i in range(5)]
     resp = requests.post(f"{live_server.url}/api/events/batch", json={"events": events},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
     assert resp.status_code == 202, resp.text
     keys = Keys(migrated.redis_key_prefix)
     ids = [e["event_id"] for e in resp.json()["events"]]

@@ -20,13 +20,13 @@ pytestmark = pytest.mark.integration
 def post(live_server, scene: Scene, body: dict, execution_id: str | None = None) -> requests.Response:
     return requests.post(f"{live_server.url}/api/executions/{execution_id or scene.execution_id}/events",
                          json={"agent_id": scene.agent_id, **body},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
 
 
 def batch(live_server, scene: Scene, events: list[dict]) -> requests.Response:
     return requests.post(f"{live_server.url}/api/events/batch",
                          json={"events": [{"agent_id": scene.agent_id, **e} for e in events]},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
 
 
 def _log(db, execution_id: str) -> list[ExecutionEvent]:
@@ -59,7 +59,7 @@ def _second_agent(db, scene: Scene) -> Scene:
         owner = s.get(Agent, scene.agent_id).owner_id
         other = make_agent(s, owner_id=owner)
         _, key = issue_credential(s, agent_id=other.id)
-    return Scene(scene.owner_id, other.id, key, scene.execution_id)
+    return Scene(scene.owner_id, other.id, key, scene.execution_id, other.signing_secret)
 
 
 def test_idempotency_keys_are_scoped_by_agent(db, redis, migrated, live_server, worker) -> None:
@@ -105,7 +105,7 @@ def test_liveness_heartbeat_goes_into_no_execution_log(db, redis, migrated, live
     scene = queued_execution(db)
     url = f"{live_server.url}/api/agents/{scene.agent_id}/heartbeat"
     resp = requests.post(url, json={"message": "idle, waiting for work"},
-                         headers={"Authorization": f"Bearer {scene.agent_key}"}, timeout=30)
+                         auth=scene.auth, timeout=30)
     assert resp.status_code == 201, resp.text
     assert resp.json()["execution_id"] is None
     with db.reading() as s:
@@ -113,7 +113,7 @@ def test_liveness_heartbeat_goes_into_no_execution_log(db, redis, migrated, live
         assert s.scalar(select(func.count()).select_from(ExecutionEvent).where(
             ExecutionEvent.agent_id == scene.agent_id)) == 0
     other = queued_execution(db)
-    resp = requests.post(url, json={}, headers={"Authorization": f"Bearer {other.agent_key}"}, timeout=30)
+    resp = requests.post(url, json={}, auth=other.auth, timeout=30)
     assert resp.status_code == 403
     resp = batch(live_server, scene, [{"event_type": "heartbeat"}])
     assert resp.status_code == 202 and resp.json()["events"][0]["execution_id"] is None

@@ -144,7 +144,7 @@ def test_a_poison_entry_does_not_delay_the_next_post_on_its_shard(db, redis, mig
     redis.xadd(stream, {"e": _envelope(event_id(), a.execution_id, a.agent_id, POISON["no_event_type"])})
     resp = requests.post(f"{live_server.url}/api/executions/{b.execution_id}/events",
                          json={"agent_id": b.agent_id, "event_type": "task_complete", "task_id": "task_0_a"},
-                         headers={"Authorization": f"Bearer {b.agent_key}"}, timeout=30)
+                         auth=b.auth, timeout=30)
     assert resp.status_code == 201, resp.text
     dead = DeadLetters(redis, migrated.redis_key_prefix)
     for _ in range(100):  # the poison's further deliveries come with later drains (beat's, here ours)
@@ -153,8 +153,8 @@ def test_a_poison_entry_does_not_delay_the_next_post_on_its_shard(db, redis, mig
         live_server.app.extensions["celery"].send_task("workers.tasks.drain", args=[SHARD])
         time.sleep(0.1)
     assert dead.count() == 1 and redis.xlen(stream) == 0
-    health = requests.get(f"{live_server.url}/healthz", timeout=10).json()
-    assert health["status"] == "degraded" and health["dead_letters"] == 1
+    ready = requests.get(f"{live_server.url}/readyz", timeout=10).json()
+    assert ready["status"] == "degraded" and ready["checks"]["dead_letters"]["count"] == 1
 
 
 # -- any JSON an agent may send: never a 5xx, never a stalled shard ---------------------------------

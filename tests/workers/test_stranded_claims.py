@@ -27,9 +27,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis as redis_lib
 import requests
+from orchestrator_sdk.client import AgentClient, SignedAuth, Work
 from sqlalchemy import func, select, text
 
-from orchestrator.client import AgentClient, Work
 from orchestrator.credentials import issue_credential
 from orchestrator.db import Database, make_engine
 from orchestrator.executions import create_execution
@@ -153,15 +153,15 @@ def proxy_up(stack) -> Iterator[None]:
     stack[1].set("up")
 
 
-def scene(db: Database, n_executions: int, n_subtasks: int, n_agents: int) -> tuple[list[str], dict[str, str]]:
-    """Queued executions of chains of subtasks, and agents with their keys."""
+def scene(db: Database, n_executions: int, n_subtasks: int, n_agents: int) -> tuple[list[str], dict[str, SignedAuth]]:
+    """Queued executions of chains of subtasks, and agents with their keys and signing secrets."""
     stem = secrets.token_hex(3)
     with db.unit_of_work() as s:
         owner = make_user(s)
         keys = {}
         for i in range(n_agents):
             agent = make_agent(s, f"agent_{stem}_{i}", capabilities=[{"action": "send_email", "params": []}])
-            keys[agent.id] = issue_credential(s, agent_id=agent.id)[1]
+            keys[agent.id] = SignedAuth(issue_credential(s, agent_id=agent.id)[1], agent.signing_secret)
         ids = []
         for _ in range(n_executions):
             plan = make_plan(s, owner, n_subtasks=n_subtasks)
@@ -173,11 +173,12 @@ def scene(db: Database, n_executions: int, n_subtasks: int, n_agents: int) -> tu
 class Crew:
     """Agents running `AgentClient.run`, recording each subtask attempt their handlers ran."""
 
-    def __init__(self, base_url: str, keys: dict[str, str], timeout: float) -> None:
+    def __init__(self, base_url: str, keys: dict[str, SignedAuth], timeout: float) -> None:
         self.ran: list[tuple] = []
         self.redelivered = 0
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(AgentClient(base_url, a, k, timeout=timeout),))
+        self.threads = [threading.Thread(target=self._run, args=(AgentClient(
+            base_url, a, k.api_key, signing_secret=k.signing_secret, timeout=timeout),))
                         for a, k in keys.items()]
 
     def _run(self, agent: AgentClient) -> None:
@@ -336,10 +337,9 @@ def test_web_worker_killed_after_claims_committed(db, redis, migrated, stack, ca
     report(capsys, db, crew, ids, "gunicorn worker SIGKILLed after 2 claims committed", finished - ended)
 
 
-def _poll_once(base_url: str, agent_id: str, key: str) -> None:
+def _poll_once(base_url: str, agent_id: str, auth: SignedAuth) -> None:
     with suppress(requests.RequestException):  # the answer is lost with the process: that is the point
-        requests.get(f"{base_url}/api/agents/{agent_id}/work", headers={"Authorization": f"Bearer {key}"},
-                     timeout=30)
+        requests.get(f"{base_url}/api/agents/{agent_id}/work", auth=auth, timeout=30)
 
 
 def _wait_for_acknowledged(db: Database, ids: list[str], agent_id: str) -> None:

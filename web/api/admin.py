@@ -7,6 +7,8 @@ from flask.typing import ResponseReturnValue
 
 from orchestrator.events.dead_letters import DeadLetters
 from web.auth import require_admin
+from web.openapi import doc
+from web.schemas.answers import DeadLetterDroppedSchema, DeadLetterListSchema, DeadLetterRequeuedSchema
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 
@@ -16,6 +18,10 @@ def _store() -> DeadLetters:
 
 
 @bp.get("/dead-letters")
+@doc("Events the workers could not apply, set aside so their shard moves on", security="admin",
+     parameters=[{"in": "query", "name": "limit",
+                  "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+     answers={200: DeadLetterListSchema})
 @require_admin
 def list_dead_letters() -> ResponseReturnValue:
     limit = min(max(request.args.get("limit", 100, type=int) or 100, 1), 1000)
@@ -24,6 +30,7 @@ def list_dead_letters() -> ResponseReturnValue:
 
 
 @bp.post("/dead-letters/<ident>/requeue")
+@doc("Queue a dead letter again", security="admin", answers={202: DeadLetterRequeuedSchema})
 @require_admin
 def requeue(ident: str) -> ResponseReturnValue:
     ingestor = current_app.extensions["ingestor"]
@@ -32,6 +39,7 @@ def requeue(ident: str) -> ResponseReturnValue:
 
 
 @bp.delete("/dead-letters/<ident>")
+@doc("Drop a dead letter", security="admin", answers={200: DeadLetterDroppedSchema})
 @require_admin
 def drop(ident: str) -> ResponseReturnValue:
     return jsonify({"dropped": _store().drop(ident).to_dict()})

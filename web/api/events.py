@@ -17,6 +17,8 @@ from orchestrator.events.accept import Accepted, Ingestor, Submission
 from orchestrator.events.protocol import wire_body
 from orchestrator.models import Execution, ExecutionEvent, utcnow
 from web.auth import current_principal, epoch_seen, require_agent_submit
+from web.openapi import ERROR, doc
+from web.schemas.answers import BatchAcceptedSchema, EventAcceptedSchema, EventAppliedSchema, EventStateSchema
 from web.schemas.events import BatchSchema, EventSchema, HeartbeatSchema
 
 bp = Blueprint("events", __name__, url_prefix="/api")
@@ -57,6 +59,9 @@ def _answer(accepted: Accepted) -> ResponseReturnValue:
 
 
 @bp.post("/executions/<execution_id>/events")
+@doc("Report progress on an execution: 201 with the outcome once applied, or 202 to read it later",
+     body=EventSchema, security="agent",
+     answers={201: EventAppliedSchema, 202: EventAcceptedSchema, 404: ERROR, 409: ERROR, 422: ERROR})
 @require_agent_submit
 def post_event(execution_id: str) -> ResponseReturnValue:
     body = _event_schema.load(request.get_json() or {})
@@ -69,6 +74,8 @@ def post_event(execution_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/agents/<agent_id>/heartbeat")
+@doc("The agent is alive, between executions too (no body needed)", body=HeartbeatSchema,
+     body_required=False, security="agent", answers={201: EventAppliedSchema, 202: EventAcceptedSchema, 409: ERROR})
 @require_agent_submit
 def post_heartbeat(agent_id: str) -> ResponseReturnValue:
     """The agent is alive (between executions too): refreshes it, and goes into no execution's log."""
@@ -79,6 +86,8 @@ def post_heartbeat(agent_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/events/batch")
+@doc("Up to 1,000 events, accepted all together or not at all", body=BatchSchema, security="agent",
+     answers={202: BatchAcceptedSchema, 404: ERROR, 409: ERROR})
 @require_agent_submit
 def post_batch() -> ResponseReturnValue:
     """Up to 1,000 events, any executions, accepted all together or not at all; answers 202 at once."""
@@ -96,6 +105,8 @@ def post_batch() -> ResponseReturnValue:
 
 
 @bp.get("/events/<event_id>")
+@doc("What became of an accepted event: 202 while pending, 200 once applied or rejected",
+     security="agent_or_operator", answers={200: EventStateSchema, 202: EventStateSchema})
 def get_event_outcome(event_id: str) -> ResponseReturnValue:
     """What became of an accepted event: 202 while pending, 200 with its outcome once applied or rejected.
     Only its agent, the owner of its execution and admins learn anything, even that it exists."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from orchestrator.execution_views import execution_detail, list_events, list_executions
+from orchestrator.execution_views import event_log, execution_detail, list_executions, subtask_timeline
 from orchestrator.executions import announce_created, control_execution, create_execution, resolve_blocked_task
 from orchestrator.models import utcnow
 from web.auth import current_principal, require_user
 from web.effects import after_commit
+from web.openapi import ERROR, doc
+from web.schemas.answers import EventLogSchema, ExecutionDetailSchema, ExecutionListSchema, TimelineSchema
 from web.schemas.executions import (
     ControlSchema,
     CreateExecutionSchema,
@@ -28,6 +30,8 @@ def _detail(execution_id: str, raw: bool = False) -> dict:
 
 
 @bp.post("/executions")
+@doc("Run a plan: a new execution (CREATED, or QUEUED for its agent)", body=CreateExecutionSchema,
+     answers={201: ExecutionDetailSchema, 404: ERROR, 409: ERROR})
 @require_user
 def create() -> ResponseReturnValue:
     data = CreateExecutionSchema().load(request.get_json() or {})
@@ -42,6 +46,8 @@ def create() -> ResponseReturnValue:
 
 
 @bp.get("/executions")
+@doc("The operator's executions, newest first (cursor paging)", query=ListQuerySchema,
+     answers={200: ExecutionListSchema})
 @require_user
 def index() -> ResponseReturnValue:
     q = ListQuerySchema().load(request.args)
@@ -51,12 +57,16 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/executions/<execution_id>")
+@doc("Progress and task tree; personal data masked, raw for the owner with ?raw=true",
+     query=DetailQuerySchema, answers={200: ExecutionDetailSchema})
 @require_user
 def show(execution_id: str) -> ResponseReturnValue:
     return jsonify(_detail(execution_id, DetailQuerySchema().load(request.args)["raw"]))
 
 
 @bp.patch("/executions/<execution_id>")
+@doc("Queue, pause, resume or cancel an execution", body=ControlSchema,
+     answers={200: ExecutionDetailSchema, 409: ERROR})
 @require_user
 def control(execution_id: str) -> ResponseReturnValue:
     target = ControlSchema().load(request.get_json() or {})["status"]
@@ -67,16 +77,28 @@ def control(execution_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/executions/<execution_id>/events")
+@doc("The event log, newest first (paged by `before`)", query=EventsQuerySchema,
+     answers={200: EventLogSchema})
 @require_user
 def events(execution_id: str) -> ResponseReturnValue:
     q = EventsQuerySchema().load(request.args)
     with current_app.extensions["db"].reading() as s:
-        items, before = list_events(s, current_principal(), execution_id, q["limit"], q["before"], q["event_type"],
-                                    q["raw"])
-    return jsonify({"events": items, "next_before": before})
+        log = event_log(s, current_principal(), execution_id, q["limit"], q["before"], q["event_type"], q["raw"])
+    return jsonify(log)
+
+
+@bp.get("/executions/<execution_id>/timeline")
+@doc("Each subtask's attempts, for the Gantt chart", answers={200: TimelineSchema})
+@require_user
+def timeline(execution_id: str) -> ResponseReturnValue:
+    """Each subtask's attempts, for the execution page's Gantt chart."""
+    with current_app.extensions["db"].reading() as s:
+        return jsonify(subtask_timeline(s, current_principal(), execution_id))
 
 
 @bp.post("/executions/<execution_id>/tasks/<task_id>/resolve")
+@doc("Answer a blocked task with one of its options", body=ResolveSchema,
+     answers={200: ExecutionDetailSchema, 409: ERROR})
 @require_user
 def resolve(execution_id: str, task_id: str) -> ResponseReturnValue:
     data = ResolveSchema().load(request.get_json() or {})

@@ -13,6 +13,8 @@ from orchestrator.sessions import is_session_id
 from orchestrator.users import token_view, user_view
 from web.api.users import accounts
 from web.auth import current_principal, require_user
+from web.openapi import doc
+from web.schemas.answers import MeSchema, TokenAnswerSchema, TokenIssuedSchema, TokenListSchema
 from web.schemas.users import NewTokenSchema
 
 bp = Blueprint("me", __name__, url_prefix="/api/me")
@@ -20,6 +22,7 @@ _new_token = NewTokenSchema()
 
 
 @bp.get("")
+@doc("One's own account", answers={200: MeSchema})
 @require_user
 def show() -> ResponseReturnValue:
     principal = current_principal()
@@ -27,12 +30,15 @@ def show() -> ResponseReturnValue:
 
 
 @bp.get("/tokens")
+@doc("One's own API tokens (never the tokens themselves)", answers={200: TokenListSchema})
 @require_user
 def tokens() -> ResponseReturnValue:
     return jsonify({"tokens": [token_view(t) for t in accounts().tokens(current_principal().id)]})
 
 
 @bp.post("/tokens")
+@doc("Issue oneself a token (with a token: none that outlives it); the token is in this answer only",
+     body=NewTokenSchema, answers={201: TokenIssuedSchema})
 @require_user
 def issue_token() -> ResponseReturnValue:
     data = _new_token.load(request.get_json() or {})
@@ -43,6 +49,7 @@ def issue_token() -> ResponseReturnValue:
 
 
 @bp.delete("/tokens/<token_id>")
+@doc("Revoke one of one's own tokens", answers={200: TokenAnswerSchema})
 @require_user
 def revoke_token(token_id: str) -> ResponseReturnValue:
     return jsonify(token_view(accounts().revoke_token(current_principal().id, token_id)))

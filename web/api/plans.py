@@ -10,6 +10,8 @@ from orchestrator.plan_schema import PlanSchema
 from orchestrator.plans import create_plan, get_plan, list_plans, plan_to_dict
 from orchestrator.publish import iso
 from web.auth import current_principal, require_user
+from web.openapi import ERROR, doc
+from web.schemas.answers import PlanAnswerSchema, PlanListSchema
 from web.schemas.executions import ListQuerySchema
 
 bp = Blueprint("plans", __name__, url_prefix="/api")
@@ -18,6 +20,8 @@ _list = ListQuerySchema(only=("limit", "cursor"))
 
 
 @bp.post("/plans")
+@doc("Create a plan: goal, context, tasks with prerequisites, subtasks", body=PlanSchema,
+     answers={201: PlanAnswerSchema, 409: ERROR})
 @require_user
 def create() -> ResponseReturnValue:
     data = _schema.load(request.get_json() or {})
@@ -28,6 +32,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.get("/plans")
+@doc("The operator's plans, newest first (cursor paging)", query=_list, answers={200: PlanListSchema})
 @require_user
 def index() -> ResponseReturnValue:
     q = _list.load(request.args)
@@ -40,6 +45,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/plans/<plan_id>")
+@doc("One plan with its tasks and subtasks", answers={200: PlanAnswerSchema})
 @require_user
 def show(plan_id: str) -> ResponseReturnValue:
     with current_app.extensions["db"].reading() as s:

@@ -12,12 +12,14 @@ after-commit step (web/effects.py): an answer turned into a 503 would strand the
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 import redis
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from orchestrator.metrics import instruments
 from orchestrator.models import utcnow
 from orchestrator.ready_work import (
     PollState,
@@ -30,7 +32,9 @@ from orchestrator.ready_work import (
 from orchestrator.scheduling import claim_work, pool_readiness
 from web.auth import epoch_seen, require_agent_submit
 from web.effects import after_commit
+from web.openapi import doc
 from web.schemas.agents import PollQuerySchema
+from web.schemas.answers import ClaimSchema
 
 bp = Blueprint("work", __name__, url_prefix="/api")
 _query = PollQuerySchema()
@@ -38,8 +42,20 @@ log = logging.getLogger(__name__)
 
 
 @bp.get("/agents/<agent_id>/work")
+@doc("The next ready subtask (204 when none), with force_pause / force_cancel", query=PollQuerySchema,
+     security="agent", answers={200: ClaimSchema, 204: None})
 @require_agent_submit  # the access epoch is confirmed by `read_state`'s round trip
 def poll(agent_id: str) -> ResponseReturnValue:
+    started = time.perf_counter()
+    outcome, answer = _poll(agent_id)
+    counters = instruments()
+    counters.polls.labels(outcome).inc()
+    counters.poll_seconds.labels(outcome).observe(time.perf_counter() - started)
+    return answer
+
+
+def _poll(agent_id: str) -> tuple[str, ResponseReturnValue]:
+    """The poll's answer, and what it was for the metrics: idle, idle_pool, claimed or empty."""
     actions = _query.load(request.args)["supported_actions"]
     settings = current_app.config["SETTINGS"]
     r, prefix = current_app.extensions["redis"], settings.redis_key_prefix
@@ -48,21 +64,24 @@ def poll(agent_id: str) -> ResponseReturnValue:
     before = read_state(r, prefix, agent_id, actions, pool, epoch_seen())
     # The heartbeat's staleness is bounded like the markers': idle polls skip both for that long.
     idle_for = min(settings.poll_idle_seconds, settings.heartbeat_window_seconds / 4)
-    if before.idle or (pool is not None and before.pool_stale and _pool_idle(r, prefix, pool, before, idle_for)):
-        return "", 204
+    if before.idle:
+        return "idle", ("", 204)
+    if pool is not None and before.pool_stale and _pool_idle(r, prefix, pool, before, idle_for):
+        return "idle_pool", ("", 204)
     now = utcnow()
     result = current_app.extensions["db"].transaction(
         lambda s: claim_work(s, agent_id, actions, now, heartbeat_every=timedelta(seconds=idle_for)))
     after_commit(result.after)
     if result.payload is not None:
-        return jsonify(result.payload), 200
+        instruments().claims.labels("true" if result.payload.get("redelivered") else "false").inc()
+        return "claimed", (jsonify(result.payload), 200)
     pools.put(agent_id, actions, result.free_in)
     try:
         remember_idle(r, prefix, agent_id, before, idle_lifetime(now, result.next_ready_at, idle_for),
                       result.free_in, idle_for)
     except redis.RedisError as exc:  # the next poll asks the database again: nothing is lost
         log.warning("Redis unavailable; idle poll not remembered (%s)", exc)
-    return "", 204
+    return "empty", ("", 204)
 
 
 def _pool_idle(r: redis.Redis, prefix: str, pool: Pool, before: PollState, idle_for: float) -> bool:

@@ -1,4 +1,4 @@
-"""Dashboard pages: login, executions (list and detail), agents.
+"""Dashboard pages: login, executions (list and detail), agents, the ops view.
 
 Pages are rendered here with the logged-in user's Principal and the same orchestrator functions the
 JSON API uses, so a page never shows more than the API would. Everything that changes afterwards
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from orchestrator.agents import agents_with_holdings
@@ -26,6 +27,7 @@ from orchestrator.state_machine import AGENT_EVENT_TYPES, VALID_TRANSITIONS
 from orchestrator.users import verify_login
 from web.auth import csrf, current_principal, end_session, start_session
 from web.dashboard.forms import LoginForm
+from web.rate_limits import count_login_attempt
 
 bp = Blueprint("dashboard", __name__)
 
@@ -81,6 +83,10 @@ def login() -> ResponseReturnValue:
     form = LoginForm()
     if request.method != "POST":
         return render_template("login.html", form=form, error=None)
+    try:
+        count_login_attempt()  # first: a refused attempt costs no password hash
+    except RateLimitExceeded:
+        return render_template("login.html", form=form, error="Too many attempts; wait a minute and try again."), 429
     if not form.validate_on_submit():
         if "csrf_token" in form.errors:  # a page kept open across a logout, or another site's form
             return render_template("login.html", form=form, error="The form expired; log in again."), 400
@@ -125,6 +131,16 @@ def execution(execution_id: str) -> ResponseReturnValue:
     with current_app.extensions["db"].reading() as s:
         detail = execution_detail(s, current_principal(), execution_id)
     return render_template("execution.html", detail=detail, event_types=EVENT_TYPES)
+
+
+@bp.get("/ops")
+@login_required
+def ops() -> ResponseReturnValue:
+    """The ops view (admins: the figures are the whole stack's); web/static/dashboard.js polls
+    /api/ops/summary and draws its charts."""
+    if not current_principal().is_admin:
+        raise NotFound("Not found.")  # as the admin API answers anyone else
+    return render_template("ops.html")
 
 
 @bp.get("/agents")

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from orchestrator.plan_schema import ID
+from orchestrator.signing import SIGNING_MODES
 
 
 class Capability(fields.Field):
@@ -22,6 +23,10 @@ class Capability(fields.Field):
         raise ValidationError('A capability is an action name or {"action": ..., "params": [...]}.')
 
 
+# An agent's own limit (requests per minute; web/rate_limits.py); above it, a limit protects nothing.
+RATE_LIMIT = validate.Range(min=1, max=1_000_000)
+
+
 class AgentSchema(Schema):
     id = fields.String(load_default=None, allow_none=True, validate=ID)
     name = fields.String(required=True, validate=validate.Length(1, 200))
@@ -29,6 +34,21 @@ class AgentSchema(Schema):
     capabilities = fields.List(Capability(), load_default=list, validate=validate.Length(max=500))
     webhook_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"})
     poll_endpoint = fields.String(load_default=None, allow_none=True)
+    signing = fields.String(load_default="required", validate=validate.OneOf(SIGNING_MODES))
+    rate_limit_per_minute = fields.Integer(load_default=None, allow_none=True, strict=True, validate=RATE_LIMIT)
+
+
+class AgentUpdateSchema(Schema):
+    """`PATCH /api/agents/{id}`: what an operator may change on a registered agent (one field at least;
+    a `rate_limit_per_minute` of null goes back to the settings' AGENT_RATE_LIMIT)."""
+
+    signing = fields.String(validate=validate.OneOf(SIGNING_MODES))
+    rate_limit_per_minute = fields.Integer(allow_none=True, strict=True, validate=RATE_LIMIT)
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("Send signing or rate_limit_per_minute.")
 
 
 ACTION = validate.Regexp(r"^[^\x00-\x1f,]{1,120}$", error="An action name: 1 to 120 characters, no commas or controls.")

@@ -291,6 +291,27 @@ function initExecutionPage() {
   function render() {
     renderSummary(detail);
     renderTree(detail);
+    loadTimeline();
+  }
+
+  // One read at a time; a render during it asks for one more read after it, so the last state shows.
+  let timelineLoading = false, timelineAgain = false;
+  function loadTimeline() {
+    if (timelineLoading) {
+      timelineAgain = true;
+      return;
+    }
+    timelineLoading = true;
+    api("GET", base + "/timeline")
+      .then((t) => renderTimeline(document.getElementById("timeline"), t))
+      .catch(() => { /* the next render tries again */ })
+      .finally(() => {
+        timelineLoading = false;
+        if (timelineAgain) {
+          timelineAgain = false;
+          loadTimeline();
+        }
+      });
   }
 
   // Many events can arrive together: fetch the tree once for a burst.
@@ -334,6 +355,11 @@ function initExecutionPage() {
     }
     olderCursor = page.next_before;
     olderButton.hidden = !olderCursor;
+    if (page.archived && !olderCursor) {  // the log's beginning is in the archive, not lost
+      tbody.append(el("tr", {class: "archived-note"}, el("td", {colspan: 5},
+        `${page.archived_events} earlier events were archived on ${fmtTime(page.archived_at)}; ` +
+        "an admin can restore them (orchestrator archive restore).")));
+    }
   }
 
   typeSelect.addEventListener("change", () => loadEvents(true));
@@ -368,10 +394,188 @@ function initExecutionPage() {
   }));
 }
 
+/* ---------- Charts: inline SVG, no library ---------- */
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svgEl(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) node.setAttribute(k, String(v));
+  for (const c of children) if (c) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+/* A sparkline of `values` (oldest first) filling the svg's viewBox; the scale starts at 0. */
+function sparkline(svg, values) {
+  const [, , w, h] = svg.getAttribute("viewBox").split(" ").map(Number);
+  const max = Math.max(1, ...values);
+  const step = values.length > 1 ? w / (values.length - 1) : 0;
+  const pts = values.map((v, i) => [i * step, h - 2 - (v / max) * (h - 4)]);
+  const line = pts.map(([x, y]) => x.toFixed(1) + "," + y.toFixed(1)).join(" ");
+  const children = [svgEl("polyline", {points: line, class: "spark-line"})];
+  if (pts.length) {
+    const [x, y] = pts[pts.length - 1];
+    children.push(svgEl("circle", {cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: "spark-dot"}));
+  }
+  svg.replaceChildren(...children);
+  svg.dataset.points = String(values.length);
+  svg.dataset.max = String(Math.max(0, ...values));
+}
+
+/* ---------- Ops view ---------- */
+
+const OPS_POLL_MS = 2000;
+const OPS_HISTORY = 90;  // points per chart: three minutes at one read every two seconds
+
+function initOpsPage() {
+  const history = new Map();  // series name -> values, oldest first
+  let previous = null;
+
+  function push(name, value) {
+    const values = history.get(name) || [];
+    values.push(value);
+    if (values.length > OPS_HISTORY) values.shift();
+    history.set(name, values);
+    return values;
+  }
+
+  function fmtRate(v) {
+    return v >= 100 ? Math.round(v).toString() : v.toFixed(1);
+  }
+
+  function metric(name, shown, value) {
+    document.getElementById("v-" + name).textContent = shown;
+    sparkline(document.querySelector('[data-metric="' + name + '"] svg'), push(name, value));
+  }
+
+  /* Rows keyed by `key`, each with a sparkline of its own history. */
+  function tableRows(tbody, items, key, cells, value) {
+    tbody.replaceChildren(...items.map((item) => {
+      const svg = svgEl("svg", {class: "spark small", viewBox: "0 0 120 20", "aria-hidden": "true"});
+      sparkline(svg, push(key + ":" + item[key], value(item)));
+      return el("tr", {dataset: {[key]: item[key]}}, ...cells(item).map((c) => el("td", {}, c)), el("td", {}, svg));
+    }));
+  }
+
+  function paint(s) {
+    if (previous) {
+      const dt = Math.max(0.001, s.time - previous.time);
+      // A counter that went down is a restart: count from zero rather than show a negative rate.
+      const rate = (k) => Math.max(0, s.totals[k] - previous.totals[k]) / dt;
+      metric("accepted", fmtRate(rate("accepted")), rate("accepted"));
+      metric("applied", fmtRate(rate("applied")), rate("applied"));
+    }
+    previous = s;
+    const backlog = s.shards.reduce((n, sh) => n + sh.backlog, 0);
+    metric("backlog", String(backlog), backlog);
+    metric("dead_letters", String(s.dead_letters), s.dead_letters);
+    metric("agents", s.agents.online + " / " + s.agents.total, s.agents.online);
+    metric("workers", String(s.workers_alive), s.workers_alive);
+    tableRows(document.querySelector("#shards tbody"), s.shards, "shard",
+      (sh) => [String(sh.shard), String(sh.backlog), sh.backlog ? fmtDuration(
+        new Date(Date.now() - sh.oldest_age_seconds * 1000).toISOString(), null) : "—"],
+      (sh) => sh.backlog);
+    const states = Object.entries(s.executions).sort().map(([state, n]) => ({state, n}));
+    tableRows(document.querySelector("#states tbody"), states, "state",
+      (x) => [statusBadge(x.state), String(x.n)], (x) => x.n);
+  }
+
+  async function readiness() {
+    const resp = await fetch("/readyz", {credentials: "same-origin"});
+    const body = await resp.json();
+    const badge = document.getElementById("ready-status");
+    badge.textContent = body.status;
+    badge.className = "status ready-" + body.status;
+    document.getElementById("ready-checks").replaceChildren(...Object.entries(body.checks).map(([name, c]) =>
+      el("li", {class: "check check-" + c.status, dataset: {check: name}},
+        el("strong", {}, name), " ", el("span", {class: "chip"}, c.status), " ", c.reason)));
+  }
+
+  async function tick() {
+    try {
+      paint(await api("GET", "/api/ops/summary"));
+      await readiness();
+      setLive("live");
+    } catch (e) {
+      setLive("offline");
+    }
+    setTimeout(tick, OPS_POLL_MS);
+  }
+  tick();
+}
+
+/* ---------- Execution timeline (Gantt) ---------- */
+
+const GANTT = {width: 1000, label: 230, row: 22, bar: 12, top: 22};
+
+function ganttBounds(t) {
+  const times = [t.started_at, t.created_at];
+  for (const s of t.subtasks) {
+    for (const a of s.attempts) times.push(a.started_at, a.ended_at);
+    if (s.not_before) times.push(s.not_before);
+  }
+  const ms = times.filter(Boolean).map((x) => new Date(x).getTime());
+  const start = Math.min(...ms);
+  const end = t.completed_at ? Math.max(...ms) : Math.max(Date.now(), ...ms);
+  return [start, Math.max(end, start + 1000)];
+}
+
+/* One row per subtask: waits (before its first attempt, between attempts, until a retry's not_before)
+   as thin hatched bars, attempts as bars coloured by how they ended, numbered when there are several. */
+function renderTimeline(box, t) {
+  if (!t.subtasks.length) {
+    box.replaceChildren(el("p", {class: "muted"}, "No subtasks."));
+    return;
+  }
+  const [t0, t1] = ganttBounds(t);
+  const span = GANTT.width - GANTT.label - 10;
+  const x = (iso) => GANTT.label + ((iso ? new Date(iso).getTime() : Date.now()) - t0) / (t1 - t0) * span;
+  const height = GANTT.top + t.subtasks.length * GANTT.row + 4;
+  const nodes = [
+    svgEl("text", {x: GANTT.label, y: 12, class: "gantt-axis"}, fmtTime(new Date(t0).toISOString())),
+    svgEl("text", {x: GANTT.width - 10, y: 12, class: "gantt-axis", "text-anchor": "end"},
+      t.completed_at ? fmtTime(new Date(t1).toISOString()) : "now"),
+  ];
+  const origin = t.started_at || t.created_at;
+  t.subtasks.forEach((s, i) => {
+    const y = GANTT.top + i * GANTT.row;
+    const mid = y + GANTT.row / 2;
+    const row = svgEl("g", {class: "gantt-row", "data-subtask-id": s.subtask_id, "data-attempts": s.attempts.length});
+    row.append(svgEl("text", {x: 4, y: mid + 4, class: "gantt-label"},
+      s.title.length > 30 ? s.title.slice(0, 29) + "…" : s.title));
+    let waitFrom = origin;
+    s.attempts.forEach((a, n) => {
+      if (waitFrom && a.started_at && new Date(a.started_at) > new Date(waitFrom)) {
+        row.append(svgEl("rect", {x: x(waitFrom), y: mid - 2, width: Math.max(1, x(a.started_at) - x(waitFrom)),
+          height: 4, class: "gantt-wait"}, svgEl("title", {}, "waiting " + fmtDuration(waitFrom, a.started_at))));
+      }
+      const outcome = a.outcome || "running";
+      const x0 = x(a.started_at), x1 = x(a.ended_at);
+      row.append(svgEl("rect", {x: x0, y: mid - GANTT.bar / 2, width: Math.max(3, x1 - x0), height: GANTT.bar,
+        rx: 2, class: "gantt-attempt gantt-" + outcome},
+        svgEl("title", {}, "attempt " + (n + 1) + ": " + outcome + " · " + fmtDuration(a.started_at, a.ended_at))));
+      if (s.attempts.length > 1) {
+        row.append(svgEl("text", {x: x0 + 2, y: mid - GANTT.bar / 2 - 1, class: "gantt-n"}, String(n + 1)));
+      }
+      waitFrom = a.ended_at;
+    });
+    if (s.status === "QUEUED" && s.not_before && waitFrom) {
+      row.append(svgEl("rect", {x: x(waitFrom), y: mid - 2, width: Math.max(1, x(s.not_before) - x(waitFrom)),
+        height: 4, class: "gantt-wait gantt-backoff"}, svgEl("title", {}, "retry not before " + fmtTime(s.not_before))));
+    }
+    row.append(svgEl("text", {x: GANTT.label - 6, y: mid + 4, "text-anchor": "end", class: "gantt-tries"},
+      s.attempt > 1 ? "×" + s.attempt : ""));
+    nodes.push(row);
+  });
+  box.replaceChildren(svgEl("svg", {viewBox: "0 0 " + GANTT.width + " " + height, class: "gantt",
+    role: "img", "aria-label": "Timeline of subtasks"}, ...nodes));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
   if (page === "executions") initExecutionsPage();
   else if (page === "execution") initExecutionPage();
+  else if (page === "ops") initOpsPage();
   else if (page === "agents") {
     for (const t of document.querySelectorAll("time[datetime]")) if (t.dateTime) t.textContent = fmtTime(t.dateTime);
   }

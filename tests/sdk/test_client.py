@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from orchestrator_sdk import client as client_mod
+from orchestrator_sdk.client import AgentClient, AgentClientError, HumanReviewNeeded, Work
 from requests.adapters import BaseAdapter
 from sqlalchemy import select
 
-from orchestrator import client as client_mod
-from orchestrator.client import AgentClient, AgentClientError, HumanReviewNeeded, Work
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask
 from tests.workers.helpers import claim, queued_execution
 
@@ -250,6 +250,37 @@ def test_run_keeps_a_last_report_that_did_not_get_through_and_sends_it_before_po
     assert agent.send_unsent() is True
 
 
+def test_a_start_whose_answer_is_not_known_is_sent_again_until_it_is() -> None:
+    """Redis down for longer than the retries: the start may be applied later (acknowledging the
+    claim), so the agent must not walk away from the subtask; it sends the same start until it knows."""
+    down = [(503, {"error": {"code": "unavailable"}})] * (2 * client_mod.MAX_RETRIES + 2)
+    stop = threading.Event()
+    worked: list[str] = []
+    agent, server = fake_client({WORK_PATH: [(200, WORK), (204, None)],
+                                 EVENTS_PATH: [*down, (201, {"status": "RUNNING"}), (201, {"status": "COMPLETED"})]})
+
+    def handler(work):
+        worked.append(work.task_id)
+        stop.set()
+        return {"sent": True}
+
+    threading.Timer(10, stop.set).start()  # without the fix the handler never runs: end the loop anyway
+    agent.run(handler, stop=stop, idle_sleep=0.01)
+    starts = [b for b in server.bodies() if b["event_type"] == "task_started"]
+    assert len(starts) == len(down) + 1 and len({b["idempotency_key"] for b in starts}) == 1
+    assert worked == ["task_0_a"]
+    assert [b["event_type"] for b in server.bodies()][-1] == "task_complete"
+
+
+def test_a_refused_start_leaves_the_work_alone() -> None:
+    stop = threading.Event()
+    agent, server = fake_client({WORK_PATH: [(200, WORK), (204, None)],
+                                 EVENTS_PATH: [(409, {"error": {"code": "conflict", "message": "not yours"}})]})
+    threading.Timer(0.3, stop.set).start()
+    agent.run(lambda work: pytest.fail("the handler ran on a refused claim"), stop=stop, idle_sleep=0.01)
+    assert [b["event_type"] for b in server.bodies()] == ["task_started"]
+
+
 def test_force_pause_work_lists_what_is_held() -> None:
     held = [{"execution_id": "exec_1", "task_id": "task_0_a", "signal": "pause"}]
     paused = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
@@ -286,14 +317,15 @@ def test_poll_against_the_app(client, db) -> None:
     scene = queued_execution(db, n_subtasks=2)
     session = requests.Session()
     session.mount(BASE, FlaskTransport(client))
-    agent = AgentClient(BASE, scene.agent_id, scene.agent_key, session=session)
+    agent = AgentClient(BASE, scene.agent_id, scene.agent_key, signing_secret=scene.signing_secret, session=session)
     work = agent.poll(["send_email"])
     assert work is not None and (work.execution_id, work.task_id) == (scene.execution_id, "task_0_a")
     assert work.task["action"] == "send_email" and work.task["attempt"] == 1 and not work.redelivered
     # No task_started applied yet: as far as the server knows, the first answer may have been lost.
     again = agent.poll(["send_email"])
     assert again is not None and again.redelivered and again.key == work.key == (scene.execution_id, "task_0_a", 1)
-    stranger = AgentClient(BASE, "agent_someone_else", scene.agent_key, session=session)
+    stranger = AgentClient(BASE, "agent_someone_else", scene.agent_key, signing_secret=scene.signing_secret,
+                           session=session)
     with pytest.raises(AgentClientError) as info:
         stranger.poll()
     assert info.value.status == 403 and info.value.code == "forbidden"
@@ -303,7 +335,7 @@ def test_poll_against_the_app(client, db) -> None:
 def test_report_and_heartbeat_against_the_live_server(db, redis, migrated, live_server, worker) -> None:
     scene = queued_execution(db, n_subtasks=2)
     claim(db, redis, migrated, scene, "task_0_a")
-    agent = AgentClient(live_server.url, scene.agent_id, scene.agent_key)
+    agent = AgentClient(live_server.url, scene.agent_id, scene.agent_key, signing_secret=scene.signing_secret)
     work = Work(execution_id=scene.execution_id, plan_id=None, task={"task_id": "task_0_a"})
 
     beat = agent.heartbeat(scene.execution_id)
@@ -337,7 +369,7 @@ def test_report_and_heartbeat_against_the_live_server(db, redis, migrated, live_
 @pytest.mark.integration
 def test_run_drives_an_execution_to_completion(db, redis, migrated, live_server, worker) -> None:
     scene = queued_execution(db, n_subtasks=2)
-    agent = AgentClient(live_server.url, scene.agent_id, scene.agent_key)
+    agent = AgentClient(live_server.url, scene.agent_id, scene.agent_key, signing_secret=scene.signing_secret)
     stop = threading.Event()
     seen: list[str] = []
 
