@@ -42,18 +42,26 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 class SignatureRequired(Unauthorized):
+    """No signature, from an agent whose `signing` is `required`."""
+
     code = "signature_required"
 
 
 class SignatureInvalid(Unauthorized):
+    """A header missing or malformed, a digest that is not the body's, or a signature that does not match."""
+
     code = "signature_invalid"
 
 
 class SignatureExpired(Unauthorized):
+    """A timestamp further than MAX_SKEW_SECONDS from the server's clock."""
+
     code = "signature_expired"
 
 
 class NonceReused(Unauthorized):
+    """A nonce this agent sent within NONCE_TTL_SECONDS: a replay."""
+
     code = "nonce_reused"
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis as redis_lib
-from sqlalchemy import delete
+from sqlalchemy import create_engine, delete, make_url, text
 from sqlalchemy.exc import OperationalError
 
 import migrations
@@ -88,6 +88,26 @@ def base_settings(session_dir: Path, redis_url: str) -> Settings:
     return Settings.from_env(env)
 
 
+@pytest.fixture
+def scratch_url(base_settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """An empty database of the same kind as the suite's."""
+    url = make_url(base_settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        yield f"sqlite:///{tmp_path / 'scratch.db'}"
+        return
+    name = f"{url.database}_scratch_{secrets.token_hex(3)}"
+    admin = create_engine(url.set(drivername="postgresql+psycopg", database="postgres"),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def migrated(base_settings: Settings) -> Settings:
     migrations.upgrade(base_settings.database_url)
@@ -145,13 +165,20 @@ def _signing_test_client(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def app(migrated: Settings, db: Database, redis: redis_lib.Redis):
-    from web.app import create_app
-
-    flask_app = create_app(migrated)
-    flask_app.config["TESTING"] = True
+def app(request: pytest.FixtureRequest, migrated: Settings, db: Database, redis: redis_lib.Redis):
+    """The app on the suite's settings, changed by the test module's `APP_SETTINGS` when it has one."""
+    flask_app = make_test_app(migrated.replace(**getattr(request.module, "APP_SETTINGS", {})))
     yield flask_app
     flask_app.extensions["db"].dispose()
+
+
+def make_test_app(settings: Settings):
+    """A Flask app in testing mode: what another web process on the same settings would be."""
+    from web.app import create_app
+
+    flask_app = create_app(settings)
+    flask_app.config["TESTING"] = True
+    return flask_app
 
 
 @pytest.fixture

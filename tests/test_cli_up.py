@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 import requests
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from orchestrator.encryption import new_key
 from orchestrator.liveness import last_beat
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.processes import free_port, wait_healthy
 
 
 def _stat(pid: int) -> tuple[int, int, str] | None:
@@ -79,15 +71,7 @@ class Up:
         return self.log_path.read_text(errors="replace")
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=5).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not serving yet, or a worker still starting on a busy machine: ask again
-            time.sleep(0.3)
-        raise AssertionError(self.text()[-3000:])
+        wait_healthy(f"http://127.0.0.1:{self.port}", self.proc, self.text)
 
     def children_group(self) -> int:
         web = _child(self.proc.pid, "gunicorn")
@@ -197,34 +181,14 @@ def test_a_crash_loop_stops_the_whole_stack_with_an_error(tmp_path: Path, data_d
     assert _group_members(group) == [], stack.text()[-3000:]
 
 
-@pytest.fixture
-def fresh_database_url(tmp_path: Path) -> Iterator[str]:
-    """A database of the suite's kind that nothing has touched: a new PostgreSQL database, or a SQLite file."""
-    configured = os.environ.get("DATABASE_URL")
-    if not configured or configured.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'db' / 'orchestrator.db'}"
-        return
-    url = make_url(configured)
-    name = f"{url.database}_up_{secrets.token_hex(3)}"
-    admin = create_engine(url.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def test_a_production_like_environment_starts_sweeps_and_stops(tmp_path: Path, data_dir: Path, redis_url: str,
-                                                               fresh_database_url: str) -> None:
+                                                               scratch_url: str) -> None:
     """SECRET_KEY, ENCRYPTION_KEYS, DATABASE_URL and REDIS_URL given, and a data folder that does not exist:
     up creates the folder, beat keeps running and its sweeps reach a worker."""
     prefix = f"orchup:{secrets.token_hex(3)}:"
     env = _embedded_env(data_dir / "not" / "yet") | {
         "SECRET_KEY": "up-test-secret-key-long-enough-for-hs256", "ENCRYPTION_KEYS": new_key(),
-        "DATABASE_URL": fresh_database_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
+        "DATABASE_URL": scratch_url, "REDIS_URL": redis_url, "REDIS_KEY_PREFIX": prefix,
         "SWEEP_INTERVAL_SECONDS": "1", "ORCHESTRATOR_ADMIN_TOKEN": "up-prod-token",
         "ORCHESTRATOR_ADMIN_PASSWORD": "a long enough password"}
     r = redis_lib.Redis.from_url(redis_url)

@@ -21,7 +21,7 @@ import simple_websocket
 from orchestrator_sdk.client import SignedAuth
 
 from orchestrator.credentials import new_token
-from tests.test_cli_up import free_port
+from tests.processes import free_port, wait_healthy
 
 EMAIL, PHONE, PASSWORD = "carol@bittersweet-farm.com", "860-455-9416", "Corr3ct-Horse-Battery"
 WRONG_PASSWORD = "Wr0ng-Horse-Staple"
@@ -50,15 +50,7 @@ class Stack:
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp_path)
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if requests.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(self.text()[-3000:])
+        wait_healthy(self.base, self.proc, self.text)
 
     def call(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         """As the admin, or as `token`'s owner (signed when it is an agent's key with a secret in `signing`)."""

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-import pytest
-from sqlalchemy import create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, select, text
 
 import migrations
 from orchestrator.db import Database, make_engine
@@ -19,26 +14,6 @@ from orchestrator.executions import create_execution
 from orchestrator.models import Agent, Base, ExecutionSubtask
 from orchestrator.settings import Settings
 from tests.factories import make_agent, make_plan, make_user
-
-
-@pytest.fixture
-def scratch_url(base_settings: Settings, tmp_path: Path) -> Iterator[str]:
-    """An empty database of the same kind as the suite's."""
-    url = make_url(base_settings.database_url)
-    if url.get_backend_name() == "sqlite":
-        yield f"sqlite:///{tmp_path / 'scratch.db'}"
-        return
-    name = f"{url.database}_scratch_{secrets.token_hex(3)}"
-    admin = create_engine(url.set(drivername="postgresql+psycopg", database="postgres"),
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _tables(url: str) -> set[str]:

@@ -8,12 +8,10 @@ import asyncio
 import email
 import email.policy
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +21,14 @@ from aiosmtpd.controller import Controller
 
 from tests.conftest import LiveServer, WorkerProcess
 from tests.factories import make_user_with_token
+from tests.processes import free_port
+from tests.webhooks import WebhookReceiver
 from tests.workers.helpers import own_key_prefix
 
 WEBHOOK_SECRET = "whsec-larry-tests"
 REFUSED_DOMAIN = "bounce.test"
 SLOW_DOMAIN = "slow.test"
 SLOW_SECONDS = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mailbox:
@@ -92,24 +86,10 @@ class LarryStack:
 
 @pytest.fixture(scope="module")
 def larry_stack(migrated, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LarryStack]:
-    hook = Webhook("")
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            hook.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    hook.url = f"http://127.0.0.1:{receiver.server_port}/hooks/orchestrator"
     from web.app import create_app
 
-    with own_key_prefix(migrated, "larry") as (settings, _):
+    with WebhookReceiver("/hooks/orchestrator") as receiver, own_key_prefix(migrated, "larry") as (settings, _):
+        hook = Webhook(receiver.url, receiver.received)
         settings = settings.replace(notify_webhook_url=hook.url, notify_webhook_secret=WEBHOOK_SECRET)
         worker = WorkerProcess(settings, tmp_path_factory.mktemp("larry") / "worker.log").start()
         server = LiveServer(create_app(settings))
@@ -118,7 +98,6 @@ def larry_stack(migrated, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         finally:
             server.stop()
             worker.stop()
-            receiver.shutdown()
 
 
 @pytest.fixture

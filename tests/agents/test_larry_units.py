@@ -19,7 +19,8 @@ from larry.config import LarryConfig
 from larry.phone import CallFailed, CallRequest, RecordingProvider, TwilioProvider
 from orchestrator_sdk import HumanReviewNeeded
 
-from tests.agents.conftest import Mailbox, free_port, write_csv
+from tests.agents.conftest import Mailbox, write_csv
+from tests.processes import free_port
 
 ROWS = [("Carol Smith", "Bittersweet Farm", "carol@bittersweet.test", "860-455-9416", "new", "breeder", "fair"),
         ("Dan Ortiz", "Ortiz Kennels", "dan@ortiz.test", "", "contacted", "", "web")]

@@ -13,9 +13,10 @@ from larry.scenario import run_scenario
 
 from orchestrator.credentials import hash_password
 from orchestrator.models import User
-from tests.agents.conftest import Mailbox, free_port, write_csv
+from tests.agents.conftest import Mailbox, write_csv
 from tests.browser.test_dashboard_browser import CHROMIUM, TIMEOUT_MS, browser, expect, page, shot  # noqa: F401
 from tests.factories import make_user_with_token
+from tests.processes import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 assert CHROMIUM and TIMEOUT_MS  # the module-level skip of the dashboard tests applies here too

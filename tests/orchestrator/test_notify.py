@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from orchestrator.events.accept import Ingestor, Submission
 from orchestrator.events.drain import ShardDrainer
 from orchestrator.models import utcnow
 from orchestrator.notify import send_webhook, sign, verify
+from tests.webhooks import WebhookReceiver
 from tests.workers.helpers import claim, queued_execution
 
 
@@ -25,27 +24,12 @@ def test_signature_round_trip() -> None:
 
 
 def test_webhook_is_posted_signed() -> None:
-    received: list[tuple[dict, bytes]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((dict(self.headers), body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.handle_request, daemon=True).start()
-    status = send_webhook(f"http://127.0.0.1:{server.server_port}/hook", "s3cret",
-                          {"execution_id": "exec_1", "error_message": "bounced"})
-    server.server_close()
+    with WebhookReceiver() as hook:
+        status = send_webhook(hook.url, "s3cret", {"execution_id": "exec_1", "error_message": "bounced"})
     assert status == 204
-    headers, body = received[0]
+    headers, body = hook.received[0]
     assert json.loads(body) == {"type": "execution_blocked", "execution_id": "exec_1", "error_message": "bounced"}
-    assert verify("s3cret", headers["X-Orchestrator-Timestamp"], body, headers["X-Orchestrator-Signature"])
+    assert verify("s3cret", headers["x-orchestrator-timestamp"], body, headers["x-orchestrator-signature"])
 
 
 def test_drainer_notifies_owner_of_a_block(db, redis, migrated) -> None:

@@ -11,26 +11,20 @@ import pytest
 import orchestrator.credentials
 import orchestrator.users
 from orchestrator.credentials import hash_password
+from tests.conftest import make_test_app
 from tests.factories import make_user
 
 PER_USERNAME = 3
 PER_ADDRESS = 5
 
 
+APP_SETTINGS = {"login_rate_limit_per_username": f"{PER_USERNAME}/minute",  # the `app` fixture's
+                "login_rate_limit_per_address": f"{PER_ADDRESS}/minute"}
+
+
 def make_app(settings):
-    from web.app import create_app
-
-    flask_app = create_app(settings.replace(login_rate_limit_per_username=f"{PER_USERNAME}/minute",
-                                            login_rate_limit_per_address=f"{PER_ADDRESS}/minute"))
-    flask_app.config["TESTING"] = True
-    return flask_app
-
-
-@pytest.fixture
-def app(migrated, db, redis):
-    flask_app = make_app(migrated)
-    yield flask_app
-    flask_app.extensions["db"].dispose()
+    """Another web process on the same settings."""
+    return make_test_app(settings.replace(**APP_SETTINGS))
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from orchestrator.credentials import issue_credential
 from orchestrator.models import Agent, ExecutionEvent
+from tests.conftest import make_test_app
 from tests.factories import make_agent, make_user_with_token
 from tests.web.conftest import bearer
 from tests.web.helpers import assert_error
@@ -21,19 +22,12 @@ from tests.workers.helpers import claim, queued_execution
 LIMIT = 5
 
 
+APP_SETTINGS = {"agent_rate_limit": f"{LIMIT}/minute", "ingest_reply_wait_ms": 0}  # the `app` fixture's
+
+
 def make_app(settings, **changes):
-    from web.app import create_app
-
-    flask_app = create_app(settings.replace(agent_rate_limit=f"{LIMIT}/minute", ingest_reply_wait_ms=0, **changes))
-    flask_app.config["TESTING"] = True
-    return flask_app
-
-
-@pytest.fixture
-def app(migrated, db, redis):
-    flask_app = make_app(migrated)
-    yield flask_app
-    flask_app.extensions["db"].dispose()
+    """Another web process on the same settings."""
+    return make_test_app(settings.replace(**{**APP_SETTINGS, **changes}))
 
 
 @pytest.fixture

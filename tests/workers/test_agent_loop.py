@@ -68,10 +68,16 @@ def start(operator: Api, plan_id: str, execution_id: str, agent_id: str | None =
     assert resp.status_code == 200 and resp.json()["status"] == "QUEUED", resp.text
 
 
-def test_guide_poll_and_report_examples_verbatim(operator) -> None:
-    larry = register(operator, "agent_larry_001", ["send_email", "make_phone_call", "search_google_maps",
-                                                    "document_requirements"])
+@pytest.fixture
+def larry(operator) -> Api:
+    """The guide's agent, registered, and the guide's plan for Carol."""
+    api = register(operator, "agent_larry_001", ["send_email", "make_phone_call", "search_google_maps",
+                                                 "document_requirements"])
     carol_plan(operator)
+    return api
+
+
+def test_guide_poll_and_report_examples_verbatim(operator, larry) -> None:
     start(operator, "plan_carol_breeder_sys_20260211", "exec_carol_prospect_20260211_001", "agent_larry_001")
 
     resp = larry.get("/api/agents/agent_larry_001/work?supported_actions=send_email,make_phone_call,search_google_maps")
@@ -106,10 +112,7 @@ def test_guide_poll_and_report_examples_verbatim(operator) -> None:
 
 
 
-def test_guide_error_example_verbatim_and_its_resolution(operator) -> None:
-    larry = register(operator, "agent_larry_001", ["send_email", "make_phone_call", "search_google_maps",
-                                                    "document_requirements"])
-    carol_plan(operator)
+def test_guide_error_example_verbatim_and_its_resolution(operator, larry) -> None:
     start(operator, "plan_carol_breeder_sys_20260211", "exec_carol_prospect_20260211_002", "agent_larry_001")
     resp = larry.get("/api/agents/agent_larry_001/work?supported_actions=send_email")
     assert resp.json()["execution_id"] == "exec_carol_prospect_20260211_002"

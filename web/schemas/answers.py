@@ -153,18 +153,23 @@ class ExecutionSummarySchema(Answer):
     updated_at = _when()
 
 
-class ExecutionSubtaskAnswerSchema(Answer):
+class SubtaskStateSchema(Answer):
+    """What the execution page and its timeline both show of a subtask."""
+
     subtask_id = fields.String(required=True)
     title = fields.String()
-    action = fields.String()
     status = fields.String()
     attempt = fields.Integer()
     max_attempts = fields.Integer()
+    not_before = _when()
+
+
+class ExecutionSubtaskAnswerSchema(SubtaskStateSchema):
+    action = fields.String()
     agent_id = _text()
     error = fields.Raw(allow_none=True)
     result_data = fields.Raw(allow_none=True, metadata={"description": "masked unless ?raw=true"})
     waiting_on = fields.Integer(allow_none=True)
-    not_before = _when()
     started_at = _when()
     completed_at = _when()
 
@@ -210,14 +215,8 @@ class AttemptSchema(Answer):
     outcome = _text()
 
 
-class TimelineSubtaskSchema(Answer):
-    subtask_id = fields.String(required=True)
+class TimelineSubtaskSchema(SubtaskStateSchema):
     task_id = fields.String()
-    title = fields.String()
-    status = fields.String()
-    attempt = fields.Integer()
-    max_attempts = fields.Integer()
-    not_before = _when()
     attempts = fields.List(fields.Nested(AttemptSchema))
 
 
