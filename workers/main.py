@@ -34,7 +34,7 @@ from orchestrator.log_masking import install_log_masking
 from orchestrator.metrics import host_registry
 from orchestrator.settings import Settings
 from workers.celery_app import create_celery
-from workers.runtime import reset_runtime
+from workers.runtime import reset_runtime, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def _check_encryption_keys(**_: object) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_: object) -> None:
     reset_runtime(celery_app())
+    warm_up(celery_app())
 
 
 class _Heartbeat:

@@ -27,3 +27,23 @@ def test_import_builds_nothing_and_celery_finds_the_app(tmp_path: Path) -> None:
     env.update(ORCHESTRATOR_DATA_DIR=str(tmp_path / "data"), REDIS_URL="redis://127.0.0.1:9/0")
     result = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_pool_process_connects_before_its_first_task(migrated, caplog) -> None:
+    from celery import Celery
+
+    from workers.runtime import runtime_for, warm_up
+
+    app = Celery("warm", set_as_current=False)
+    app.orchestrator_settings = migrated
+    warm_up(app)
+    rt = runtime_for(app)
+    assert rt.db.engine.pool.checkedin() >= 1  # a database connection is open and waiting
+    assert rt.redis.connection_pool._created_connections >= 1  # and one to Redis
+    rt.db.dispose()
+
+    down = Celery("down", set_as_current=False)
+    down.orchestrator_settings = migrated.replace(redis_url="redis://127.0.0.1:1/0")
+    warm_up(down)  # a service that is down is left to the first task, with a warning
+    assert "worker warm-up: ConnectionError unavailable" in caplog.text
+    runtime_for(down).db.dispose()
