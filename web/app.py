@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import kombu.exceptions
 import redis
 from celery import Celery
 from flask import Flask
@@ -27,6 +29,8 @@ from web.rate_limits import init_rate_limits
 from web.routing import IdConverter
 from workers.celery_app import celery_config, create_celery
 
+log = logging.getLogger(__name__)
+
 
 def celery_init_app(app: Flask) -> Celery:
     """The Flask docs' pattern: Celery built from app.config["CELERY"], made default, kept in extensions."""
@@ -34,6 +38,22 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     app.extensions["celery"] = celery_app
     return celery_app
+
+
+def drain_trigger(celery_app: Celery) -> Callable[[int], None]:
+    """Queue a drain of a shard whose stream just took new events.
+
+    The events are in the stream when this runs: a broker that fails now (Redis going down between
+    the two calls) must not turn their acceptance into an error, or the agent would take them for
+    lost. Beat's safety net drains a shard left with a backlog (`rescue_stalled_work`)."""
+
+    def trigger(shard: int) -> None:
+        try:
+            celery_app.send_task("workers.tasks.drain", args=[shard])
+        except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
+            log.warning("drain of shard %s not queued (%s); beat's sweep drains it", shard, exc)
+
+    return trigger
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -57,7 +77,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     celery_app = celery_init_app(app)
     app.extensions["ingestor"] = Ingestor(
         redis=app.extensions["redis"], prefix=settings.redis_key_prefix, shards=settings.ingest_shards,
-        trigger=lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]), db=app.extensions["db"],
+        trigger=drain_trigger(celery_app), db=app.extensions["db"],
     )
 
     register_error_handlers(app)

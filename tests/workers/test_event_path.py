@@ -216,3 +216,28 @@ def test_a_batch_stores_outcomes_and_pushes_no_reply(db, redis, migrated, live_s
     assert [redis.exists(keys.reply(eid)) for eid in ids] == [0] * 5
     single = post(live_server, scene, {"event_type": "heartbeat", "message": "one"})
     assert single.status_code == 201, single.text
+
+
+def test_a_broker_that_fails_after_the_events_were_accepted_is_no_error(db, app, client, redis, migrated,
+                                                                       monkeypatch, caplog) -> None:
+    """Redis going down between the accept and Celery's send_task: the event is in its stream, so the
+    agent hears it was accepted (beat's sweep drains the shard), never a 500."""
+    import kombu.exceptions
+
+    from orchestrator.events.protocol import Keys, shard_of
+
+    scene = queued_execution(db, n_subtasks=1)
+    claim(db, redis, migrated, scene, "task_0_a")
+
+    def broker_down(*_args, **_kw):
+        raise kombu.exceptions.OperationalError("Connection closed by server.")
+
+    monkeypatch.setattr(app.extensions["celery"], "send_task", broker_down)
+    stream = Keys(migrated.redis_key_prefix).stream(shard_of(scene.execution_id, migrated.ingest_shards))
+    before = redis.xlen(stream)
+    resp = client.post(f"/api/executions/{scene.execution_id}/events",
+                       json={"agent_id": scene.agent_id, "event_type": "heartbeat", "task_id": "task_0_a"},
+                       headers={"Authorization": f"Bearer {scene.agent_key}"})
+    assert resp.status_code == 202, resp.get_json()
+    assert redis.xlen(stream) == before + 1
+    assert "not queued" in caplog.text and "beat's sweep drains it" in caplog.text

@@ -32,6 +32,7 @@ from sqlalchemy import func, select, text
 
 from orchestrator.credentials import issue_credential
 from orchestrator.db import Database, make_engine
+from orchestrator.events.drain import ShardDrainer, backlog_shards
 from orchestrator.executions import create_execution
 from orchestrator.models import Execution, ExecutionEvent, ExecutionSubtask, utcnow
 from orchestrator.settings import Settings
@@ -202,13 +203,17 @@ class Crew:
 
 @contextmanager
 def beat(db: Database, r: redis_lib.Redis, settings: Settings) -> Iterator[None]:
-    """Celery beat's sweep, every half second, with a short acknowledgement window."""
+    """Celery beat's safety net (`rescue_stalled_work`), every half second, with a short acknowledgement
+    window: shards a lost trigger left with a backlog are drained, overdue work is released."""
     stop = threading.Event()
     settings = settings.replace(claim_ack_seconds=CLAIM_ACK_SECONDS)
+    drainer = ShardDrainer(db, r, settings.redis_key_prefix, batch_size=settings.ingest_batch_size, lease_seconds=5)
 
     def sweep() -> None:
         while not stop.wait(0.5):
             try:
+                for shard in backlog_shards(r, settings.redis_key_prefix, settings.ingest_shards):
+                    drainer.drain(shard)
                 release_overdue_work(db, r, settings, utcnow())
             except Exception as exc:  # noqa: BLE001 - a sweep blocked by the test's own lock tries again
                 print(f"sweep failed: {exc!r}")
