@@ -24,7 +24,6 @@ from orchestrator.settings import Settings, read_encryption_keys
 from tests.conftest import settings_env
 from tests.database_dump import database_dump
 from tests.factories import block_subtask, make_execution, make_user
-from tests.test_migrations import scratch_url  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL, PHONE = "carol@bittersweet-farm.com", "555-867-9416"
