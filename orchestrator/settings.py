@@ -79,7 +79,7 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
 
 
 def _rate(env: Mapping[str, str], key: str, default: str) -> str:
-    """A rate limit in Flask-Limiter's notation ("100/minute", "5 per second"), checked at start-up."""
+    """A rate limit in the notation of `limits` ("100/minute", "5 per second"), checked at start-up."""
     value = env.get(key) or default
     try:
         parse_rate(value)

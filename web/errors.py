@@ -16,13 +16,13 @@ from typing import Any
 import redis
 from flask import Flask, current_app, jsonify
 from flask.typing import ResponseReturnValue
-from flask_limiter import RateLimitExceeded
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from orchestrator.db import is_unreachable
 from orchestrator.errors import Conflict, DomainError, Forbidden, NotFound, Unauthorized, ValidationFailed
+from web.rate_limits import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +94,11 @@ def register_error_handlers(app: Flask) -> None:
         # 422, like every input that parses but breaks a rule; 400 is kept for bodies that do not parse.
         return error_response(422, "invalid_request", "The request is not valid.", exc.messages)
 
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(exc: RateLimitExceeded) -> ResponseReturnValue:
-        # Retry-After and the RateLimit-* headers are added on the way out (web/rate_limits.py).
-        return error_response(429, "rate_limited", f"Too many requests: the limit is {exc.limit.limit}.",
-                              {"limit": str(exc.limit.limit)})
+    @app.errorhandler(RateLimited)
+    def _rate_limited(exc: RateLimited) -> ResponseReturnValue:
+        body, status = error_response(429, "rate_limited", f"Too many requests: the limit is {exc.limit}.",  # type: ignore[misc]
+                                      {"limit": str(exc.limit)})
+        return body, status, exc.headers
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:

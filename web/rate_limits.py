@@ -1,9 +1,11 @@
 """Rate limits: each agent's requests per minute, and dashboard login attempts per username and per address.
 
-Flask-Limiter counts them in the app's Redis (through the app's own connection pool, so the embedded
-Redis's unix socket too), under the app's key prefix, so that every web process shares the counts.
-The strategy is the moving window: at most N requests in any 60 seconds, with no burst of 2N across
-a window's edge.
+They are counted with `limits` (the library under Flask-Limiter, used directly: Flask-Limiter's
+per-request machinery, a before-request check of every route, resolving decorated limits and their
+exemptions, cost a fifth of the web tier's CPU on an agent's event POST, more than the count
+itself) in the app's Redis, through the app's own connection pool (so the embedded Redis's unix
+socket too), under the app's key prefix, so that every web process shares the counts. The strategy
+is the moving window: at most N requests in any 60 seconds, with no burst of 2N across a window's edge.
 
 - An agent's requests are counted as it is authenticated (`web/auth.py: current_principal`), before
   its view does anything, under its id: its own `rate_limit_per_minute` (carried by the cached
@@ -17,11 +19,10 @@ A refused answer carries `Retry-After` (seconds), `RateLimit-Limit`, `RateLimit-
 `RateLimit-Reset` (seconds until a request is free again; IETF draft-ietf-httpapi-ratelimit-headers)
 and `RateLimit-Policy`. Answers within the limit go without them: the count is the one Redis round
 trip a request pays for its limit, and reading the window back for the headers would be a second.
-Flask-Limiter's own headers are off: it writes X-RateLimit-* with a reset timestamp, on every answer.
 
-When Redis is out of reach, each process counts in memory (Flask-Limiter's in-memory fallback) and
-looks for Redis again with a backoff: the limiter never turns a request into an error; whatever
-needs Redis still answers 503 as before.
+When Redis is out of reach, each process counts in memory and looks for Redis again after a backoff
+(1 s, doubling to 30 s): the limiter never turns a request into an error; whatever needs Redis still
+answers 503 as before.
 """
 
 from __future__ import annotations
@@ -29,103 +30,123 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
-from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Flask, current_app, g, request
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def _agent_gate() -> None:
-    """Where an agent's request is counted: Flask-Limiter's limits decorate functions, and who the
-    agent is is known only once its token has been checked, as the view starts."""
+_BACKOFF_FIRST, _BACKOFF_MOST = 1.0, 30.0
 
 
-def _login_gate() -> None:
-    """Where a login attempt is counted."""
+class RateLimited(Exception):
+    """A request over `limit`: 429 with the headers `headers` (web/errors.py)."""
+
+    def __init__(self, limit: RateLimitItem, reset_in: int, remaining: int) -> None:
+        super().__init__(f"over {limit}")
+        self.limit = limit
+        self.headers = {
+            "RateLimit-Limit": str(limit.amount),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(reset_in),
+            "RateLimit-Policy": f"{limit.amount};w={limit.get_expiry()}",
+            "Retry-After": str(max(1, reset_in)),
+        }
 
 
-def _agent_key() -> str:
-    return g.principal.id
+@dataclass
+class _Fallback:
+    """Until when this process counts in memory, and the next backoff."""
 
-
-def _username_key() -> str:
-    # A hash: a key stays short whatever the form holds (a megabyte, a NUL), and names stay out of Redis.
-    username = request.form.get("username", "").strip().lower()
-    return "user-" + hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    until: float = 0.0
+    backoff: float = _BACKOFF_FIRST
 
 
 class RateLimits:
-    """One app's limiter and its gates (one per app: Flask-Limiter keeps its storage on the instance)."""
+    """One app's counters: in Redis, or in this process's memory while Redis is out of reach."""
 
-    def __init__(self, app: Flask, settings: Settings, client: redis.Redis) -> None:
-        self.default_agent_limit = settings.agent_rate_limit
-        self.limiter = Limiter(
-            get_remote_address,
-            app=app,
-            # The scheme picks the Redis storage; the app's pool says where it is (TCP or unix socket).
-            storage_uri="redis://",
-            storage_options={"connection_pool": client.connection_pool,
-                             "key_prefix": f"{settings.redis_key_prefix}ratelimit"},
-            strategy="moving-window",
-            in_memory_fallback_enabled=True,
-            headers_enabled=False,  # written by `_headers`, under the IETF names
-        )
-        self.agent_gate: Callable[[], None] = self.limiter.shared_limit(
-            self._agent_limit, scope="agent", key_func=_agent_key)(_agent_gate)
-        by_address = self.limiter.shared_limit(settings.login_rate_limit_per_address, scope="login-address")
-        by_username = self.limiter.shared_limit(settings.login_rate_limit_per_username, scope="login-username",
-                                                key_func=_username_key)
-        self.login_gate: Callable[[], None] = by_username(by_address(_login_gate))
-        app.after_request(self._headers)
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        storage = RedisStorage("redis://", connection_pool=client.connection_pool,
+                               key_prefix=f"{settings.redis_key_prefix}ratelimit")
+        self._shared = MovingWindowRateLimiter(storage)
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._fallback = _Fallback()
+        self._lock = threading.Lock()
+        self.default_agent_limit = parse(settings.agent_rate_limit)
+        self.login_per_address = parse(settings.login_rate_limit_per_address)
+        self.login_per_username = parse(settings.login_rate_limit_per_username)
+        self._parsed: dict[int, RateLimitItem] = {}
 
-    def _agent_limit(self) -> str:
-        # Flask-Limiter also reads it before any view runs, when no one is authenticated yet; an
-        # exception here would count as Redis being down.
-        principal = g.get("principal")
-        own = principal.rate_limit_per_minute if principal is not None else None
-        return f"{own}/minute" if own else self.default_agent_limit
+    def agent_limit(self, per_minute: int | None) -> RateLimitItem:
+        if not per_minute:
+            return self.default_agent_limit
+        item = self._parsed.get(per_minute)
+        if item is None:
+            item = self._parsed.setdefault(per_minute, parse(f"{per_minute}/minute"))
+        return item
 
-    def _headers(self, response: Response) -> Response:
-        current = self.limiter.current_limit
-        if current is None or not current.breached:
-            return response
+    def count(self, limit: RateLimitItem, scope: str, key: str) -> None:
+        """Count one request under (scope, key); raises RateLimited when it is over `limit`."""
+        limiter = self._limiter()
         try:
-            reset_at, remaining = current.window
-        except redis.RedisError as exc:  # Redis went away after the count: the answer goes without them
-            log.warning("Redis unavailable; rate limit headers left out (%s)", type(exc).__name__)
-            return response
-        reset_in = max(0, math.ceil(reset_at - time.time()))
-        response.headers["RateLimit-Limit"] = str(current.limit.amount)
-        response.headers["RateLimit-Remaining"] = str(remaining)
-        response.headers["RateLimit-Reset"] = str(reset_in)
-        response.headers["RateLimit-Policy"] = f"{current.limit.amount};w={current.limit.get_expiry()}"
-        response.headers["Retry-After"] = str(max(1, reset_in))
-        return response
+            allowed = limiter.hit(limit, scope, key)
+        except (redis.RedisError, StorageError) as exc:
+            self._redis_lost(exc)
+            limiter = self._local
+            allowed = limiter.hit(limit, scope, key)
+        if not allowed:
+            raise self._refusal(limiter, limit, scope, key)
+
+    def _limiter(self) -> MovingWindowRateLimiter:
+        if time.monotonic() < self._fallback.until:
+            return self._local
+        return self._shared
+
+    def _redis_lost(self, exc: Exception) -> None:
+        with self._lock:
+            log.warning("Redis unavailable; rate limits counted in this process for %.0f s (%s)",
+                        self._fallback.backoff, type(exc).__name__)
+            self._fallback.until = time.monotonic() + self._fallback.backoff
+            self._fallback.backoff = min(_BACKOFF_MOST, self._fallback.backoff * 2)
+
+    def _refusal(self, limiter: MovingWindowRateLimiter, limit: RateLimitItem, scope: str, key: str) -> RateLimited:
+        try:
+            reset_at, remaining = limiter.get_window_stats(limit, scope, key)
+        except (redis.RedisError, StorageError) as exc:  # Redis went away after the count
+            log.warning("Redis unavailable; rate limit headers estimated (%s)", type(exc).__name__)
+            reset_at, remaining = time.time() + limit.get_expiry(), 0
+        return RateLimited(limit, max(0, math.ceil(reset_at - time.time())), remaining)
 
 
 def init_rate_limits(app: Flask, settings: Settings) -> None:
-    app.extensions["rate_limits"] = RateLimits(app, settings, app.extensions["redis"])
+    app.extensions["rate_limits"] = RateLimits(settings, app.extensions["redis"])
 
 
 def count_agent_request() -> None:
-    """Count the request of the agent in `g.principal`, once per request; raises RateLimitExceeded
-    when the agent is over its limit."""
+    """Count the request of the agent in `g.principal`, once per request; raises RateLimited when the
+    agent is over its limit."""
     if g.get("agent_request_counted"):
         return  # authenticated again (the access epoch moved): still one request
     g.agent_request_counted = True
-    current_app.extensions["rate_limits"].agent_gate()
+    limits: RateLimits = current_app.extensions["rate_limits"]
+    principal = g.principal
+    limits.count(limits.agent_limit(principal.rate_limit_per_minute), "agent", principal.id)
 
 
 def count_login_attempt() -> None:
-    """Count a login attempt; raises RateLimitExceeded when its username or address is over its limit."""
-    # The form is parsed here, so that a body that does not parse is answered 4xx: raised inside the
-    # limiter, any error is taken for Redis being down.
-    _ = request.form
-    current_app.extensions["rate_limits"].login_gate()
+    """Count a login attempt; raises RateLimited when its username or address is over its limit."""
+    limits: RateLimits = current_app.extensions["rate_limits"]
+    # A hash: a key stays short whatever the form holds (a megabyte, a NUL), and names stay out of Redis.
+    username = request.form.get("username", "").strip().lower()
+    hashed = hashlib.sha256(username.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    limits.count(limits.login_per_username, "login-username", hashed)
+    limits.count(limits.login_per_address, "login-address", request.remote_addr or "-")

@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
 from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
-from flask_limiter import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
 
 from orchestrator.agents import agents_with_holdings
@@ -27,7 +26,7 @@ from orchestrator.state_machine import AGENT_EVENT_TYPES, VALID_TRANSITIONS
 from orchestrator.users import verify_login
 from web.auth import csrf, current_principal, end_session, start_session
 from web.dashboard.forms import LoginForm
-from web.rate_limits import count_login_attempt
+from web.rate_limits import RateLimited, count_login_attempt
 
 bp = Blueprint("dashboard", __name__)
 
@@ -85,8 +84,9 @@ def login() -> ResponseReturnValue:
         return render_template("login.html", form=form, error=None)
     try:
         count_login_attempt()  # first: a refused attempt costs no password hash
-    except RateLimitExceeded:
-        return render_template("login.html", form=form, error="Too many attempts; wait a minute and try again."), 429
+    except RateLimited as exc:
+        return (render_template("login.html", form=form, error="Too many attempts; wait a minute and try again."),
+                429, exc.headers)
     if not form.validate_on_submit():
         if "csrf_token" in form.errors:  # a page kept open across a logout, or another site's form
             return render_template("login.html", form=form, error="The form expired; log in again."), 400
