@@ -185,34 +185,33 @@ class Ingestor:
         checked = _Checked(items, keys, [fingerprint(s.body) if k else "" for s, k in zip(items, keys, strict=True)])
         self._check_reuse_within(checked)
         executions = sorted({s.execution_id for s in items if s.execution_id is not None})
+        # One read per distinct key: a batch's events mostly name the same few subtasks, and each
+        # command in the pipeline costs the web process more than Redis's work on it.
+        dedups = sorted({self.keys.dedup(agent_id, s.execution_id, k) for s, k in zip(items, keys, strict=True) if k})
+        holds = sorted({(s.execution_id, ref) for s in items if s.execution_id and (ref := _ref(s.body))})
         pipe = self.redis.pipeline(transaction=False)
         if epoch is not None:
             pipe.get(epoch.key)
         for execution_id in executions:
             pipe.sismember(members_key(self.prefix, execution_id), agent_id)
-        for s, k in zip(items, keys, strict=True):  # a placeholder keeps the replies aligned
-            if k:
-                pipe.get(self.keys.dedup(agent_id, s.execution_id, k))
-            else:
-                pipe.ping()
-        for s in items:
-            ref = _ref(s.body)
-            if ref and s.execution_id:
-                pipe.hget(holds_key(self.prefix, s.execution_id), ref)
-            else:
-                pipe.ping()
+        for key in dedups:
+            pipe.get(key)
+        for execution_id, ref in holds:
+            pipe.hget(holds_key(self.prefix, execution_id), ref)
         replies = pipe.execute()
         if epoch is not None:
             epoch.verify(replies.pop(0))
         member_hits = dict(zip(executions, replies[:len(executions)], strict=True))
-        dedup_hits = replies[len(executions):len(executions) + len(items)]
-        hold_hits = replies[len(executions) + len(items):]
+        dedup_hits = dict(zip(dedups, replies[len(executions):len(executions) + len(dedups)], strict=True))
+        hold_hits = dict(zip(holds, replies[len(executions) + len(dedups):], strict=True))
         outsiders = self._outsiders(agent_id, [e for e, hit in member_hits.items() if not hit])
         for i, s in enumerate(items):
             if s.execution_id in outsiders:
                 checked.refused[i] = NotFound(f"Execution {s.execution_id} not found.", execution_id=s.execution_id)
-            elif i not in checked.refused and keys[i] and dedup_hits[i] is not None:
-                self._earlier(checked, i, dedup_hits[i])
+            elif i not in checked.refused and keys[i]:
+                hit = dedup_hits[self.keys.dedup(agent_id, s.execution_id, keys[i])]
+                if hit is not None:
+                    self._earlier(checked, i, hit)
         self._check_holds(agent_id, checked, hold_hits)
         return checked
 
@@ -252,12 +251,13 @@ class Ingestor:
             record_members(self.redis, self.prefix, execution_id, [agent_id])
         return set(unknown) - involved
 
-    def _check_holds(self, agent_id: str, checked: _Checked, hold_hits: list[Any]) -> None:
+    def _check_holds(self, agent_id: str, checked: _Checked, hold_hits: dict[tuple[str, str], Any]) -> None:
         misses: list[int] = []
         for i, s in enumerate(checked.items):
             if i in checked.refused or i in checked.earlier or s.body["event_type"] == "heartbeat":
                 continue
-            if not isinstance(hold_hits[i], bytes) or hold_hits[i].decode() != agent_id:
+            hit = hold_hits.get((s.execution_id, _ref(s.body)))  # type: ignore[arg-type]
+            if not isinstance(hit, bytes) or hit.decode() != agent_id:
                 misses.append(i)
         if not misses:
             return
