@@ -48,6 +48,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import redis as redis_lib
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text, update
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +138,19 @@ class Load:
     claims: list[tuple[str, str, int, bool]] = field(default_factory=list)  # (execution, subtask, attempt, again)
     db_per_s: float = 0.0  # database transactions a second during the run (polls that reached it, and the rest)
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per request, by part of the stack
+    outcomes: Counter = field(default_factory=Counter)  # polls by answer (the app's own metric)
+
+
+def poll_outcomes(url: str) -> Counter:
+    """The app's count of polls by answer so far (`orchestrator_polls` in /metrics): idle (Redis),
+    idle_pool (one query), claimed or empty (a claim transaction)."""
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        if family.name == "orchestrator_polls":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["outcome"]] += int(sample.value)
+    return counts
 
 
 def run_wrk_script(url: str, script: str, duration_s: float, threads: int, connections: int) -> Load:
@@ -336,7 +351,8 @@ def metered(meter: CpuMeter, run: Callable[[], Load]) -> Load:
 
 
 def poll_round(stack: Stack, db: Database, r: redis_lib.Redis, prefix: str, scene: Scene, args: argparse.Namespace,
-               arrivals: float, pace_ms: int) -> tuple[Load, ClaimCheck]:
+               arrivals: float, pace_ms: int, on_start: Callable[[], None] | None = None) -> tuple[Load, ClaimCheck]:
+    """One measured run after an unmeasured warm-up; `on_start` runs as the measured part begins."""
     warm_up(stack, scene, args)
     since = utcnow()
     queue_executions(db, r, prefix, scene, args.ready_executions)
@@ -345,12 +361,16 @@ def poll_round(stack: Stack, db: Database, r: redis_lib.Redis, prefix: str, scen
     xacts = db_transactions(db)
     at_work.start()
     arriving.start()
+    if on_start is not None:
+        on_start()
+    answered = poll_outcomes(stack.url)
     try:
         load = metered(CpuMeter(stack), lambda: run_wrk_script(
             stack.url, poll_script(scene.agents, pace_ms), args.duration, args.wrk_threads, args.connections))
     finally:
         arriving.stop()
         at_work.stop()
+    load.outcomes = poll_outcomes(stack.url) - answered
     time.sleep(1)  # PostgreSQL publishes its counters about once a second
     load.db_per_s = (db_transactions(db) - xacts) / load.wrk.seconds
     return load, check_claims(db, since, load.claims)
@@ -389,6 +409,16 @@ def print_table(args: argparse.Namespace, rounds: dict[str, list[tuple[Load, Cla
     for mode, runs in rounds.items():
         cpu = {g: statistics.median(load.cpu_ms[g] for load, _ in runs) for g in groups}
         print(f"{mode:<10}" + "".join(f"{cpu[g]:>10.2f}" for g in groups) + f"{sum(cpu.values()):>10.2f}")
+    print("\nPolls by answer, share of the run's polls (median): idle = Redis alone, idle_pool = one query, "
+          "claimed and empty = a claim transaction")
+    kinds = ("idle", "idle_pool", "claimed", "empty")
+    print(f"{'mode':<10}" + "".join(f"{k:>11}" for k in kinds))
+    for mode, runs in rounds.items():
+        if runs[0][1] is None:
+            continue
+        share = {k: statistics.median(100 * load.outcomes[k] / max(1, sum(load.outcomes.values()))
+                                      for load, _ in runs) for k in kinds}
+        print(f"{mode:<10}" + "".join(f"{share[k]:>10.1f}%" for k in kinds))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -422,18 +452,21 @@ def profile(args: argparse.Namespace, stack: Stack, db: Database, r: redis_lib.R
     args.profile.mkdir(parents=True, exist_ok=True)
     mode = args.profile_mode
     scene = scenes[mode]
-    warm_up(stack, scene, args)
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = args.profile / f"web-{mode}.txt"
-    spy = subprocess.Popen([spy_bin, "record", "--subprocesses", "--nonblocking", "--gil", "--format", "raw",
-                            "--rate", str(SAMPLE_RATE), "--duration", str(args.duration), "--pid",
-                            str(stack.procs[0].pid), "-o", str(out)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    spies: list[subprocess.Popen] = []
+
+    def start_spy() -> None:  # after the warm-up: its first polls (cold caches) are not what is measured
+        spies.append(subprocess.Popen([
+            spy_bin, "record", "--subprocesses", "--nonblocking", "--gil", "--format", "raw", "--rate",
+            str(SAMPLE_RATE), "--duration", str(args.duration), "--pid", str(stack.procs[0].pid), "-o", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
     load, _ = poll_round(stack, db, r, prefix, scene, args, args.arrivals if mode != "poll" else 0,
-                         round(args.connections * 1000 / args.rate) if mode == "paced" else 0)
-    spy.wait()
+                         round(args.connections * 1000 / args.rate) if mode == "paced" else 0, start_spy)
+    spies[0].wait()
     print(f"{mode} under py-spy: {load.wrk.per_s:.0f} polls/s, p50 {load.wrk.p50_ms:.1f} ms, "
-          f"CPU ms per poll {({k: round(v, 2) for k, v in load.cpu_ms.items()})}")
+          f"CPU ms per poll {({k: round(v, 2) for k, v in load.cpu_ms.items()})}, by answer {dict(load.outcomes)}")
     summarize_profile(out)
 
 
