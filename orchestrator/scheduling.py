@@ -31,7 +31,8 @@ from orchestrator.agents import capability_actions
 from orchestrator.effects import AfterCommit
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.execution_graph import DONE_SUBTASK, ExecutionGraph, load_graphs, skip_subtask, start_subtask
-from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask
+from orchestrator.models import Agent, Execution, ExecutionSubtask, PlanSubtask
+from orchestrator.plan_catalog import PlanCatalog
 from orchestrator.plan_schema import MANUAL_ACTION
 from orchestrator.publish import execution_update
 from orchestrator.ready_work import Pool
@@ -172,20 +173,11 @@ def _summary(title: str, result: dict[str, Any] | None) -> str:
     return f"{title}: {note}" if note else title
 
 
-@functools.cache
-def _titles_query() -> Select[Any]:
-    """The plan's goal and its subtasks' titles: what the context needs, without decrypting every
-    subtask's params (nor the plan's context)."""
-    return (select(PlanSubtask.id, PlanSubtask.title, Plan.goal).join(Plan, Plan.id == PlanSubtask.plan_id)
-            .where(PlanSubtask.plan_id == bindparam("plan_id")))
-
-
-def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: dict[str, Any]) -> dict[str, Any]:
+def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: dict[str, Any],
+             plans: PlanCatalog) -> dict[str, Any]:
     ex = g.execution
-    rows = session.execute(_titles_query(), {"plan_id": ex.plan_id}).all()
-    titles = {row.id: row.title for row in rows}
-    ps = session.scalar(select(PlanSubtask).where(PlanSubtask.plan_id == ex.plan_id,
-                                                  PlanSubtask.id == sub.plan_subtask_id))
+    plans.load(session, [(ex.plan_id, g.subtasks.keys(), [ex.current_task_id] if ex.current_task_id else [])])
+    ps = plans.step(ex.plan_id, sub.plan_subtask_id)
     done = sorted((s for s in g.subtasks.values() if s.status == SubtaskStatus.COMPLETE),
                   key=lambda s: (s.completed_at or s.started_at or ex.created_at, s.position))
     upcoming = [s for s in g.subtasks.values() if s.status not in DONE_SUBTASK and s is not sub
@@ -204,9 +196,11 @@ def _payload(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, force: 
             "attempt": sub.attempt,
             "max_attempts": sub.max_attempts,
             "context": {
-                "plan_goal": rows[0].goal,
-                "previous_tasks": [_summary(titles[s.plan_subtask_id], s.result_data) for s in done[-CONTEXT_ITEMS:]],
-                "upcoming_tasks": [titles[s.plan_subtask_id] for s in upcoming[:CONTEXT_ITEMS]],
+                "plan_goal": plans.goal(ex.plan_id),
+                "previous_tasks": [_summary(plans.subtask_title(ex.plan_id, s.plan_subtask_id), s.result_data)
+                                   for s in done[-CONTEXT_ITEMS:]],
+                "upcoming_tasks": [plans.subtask_title(ex.plan_id, s.plan_subtask_id)
+                                   for s in upcoming[:CONTEXT_ITEMS]],
             },
         },
         **force,
@@ -251,7 +245,7 @@ def _force_flags(session: Session, held: list[Row[Any]], result: ClaimResult, no
 
 
 def _redeliver(session: Session, agent_id: str, held: list[Row[Any]], actions: set[str] | None,
-               result: ClaimResult) -> bool:
+               result: ClaimResult, plans: PlanCatalog) -> bool:
     """Answer again with the oldest claim the agent has not acknowledged, if any; say whether it did.
 
     No event about it has been applied, so the agent may never have received the poll's answer (it
@@ -266,7 +260,7 @@ def _redeliver(session: Session, agent_id: str, held: list[Row[Any]], actions: s
         # Checked again on the locked row: the sweeper may have put it back since the query.
         if sub.status != SubtaskStatus.RUNNING or sub.agent_id != agent_id or sub.acknowledged_at is not None:
             continue
-        payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
+        payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False}, plans)
         if actions is not None and payload["next_task"]["action"] not in actions:
             continue  # not what this poll can do: it expires and goes to an agent that can
         result.payload = {**payload, "redelivered": True}
@@ -290,7 +284,7 @@ def _still_ready(g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: d
 
 
 def claim_work(session: Session, agent_id: str, supported_actions: set[str] | None, now: datetime,
-               heartbeat_every: timedelta = timedelta(0)) -> ClaimResult:
+               heartbeat_every: timedelta = timedelta(0), plans: PlanCatalog | None = None) -> ClaimResult:
     """Claim the next ready subtask for `agent_id` inside the caller's unit of work. Each poll is a
     heartbeat, written when the last one is `heartbeat_every` old (the poll of an idle agent then
     writes nothing, and its transaction commits without a write).
@@ -299,7 +293,9 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     While the agent holds work in a paused or cancelled execution it is told so (force_pause /
     force_cancel) and given nothing new; held work of a cancelled execution is released (SKIPPED).
     Otherwise a claim the agent has not acknowledged is answered again before anything new is looked for.
+    `plans`: the process's plan catalog (a fresh one, read from the database, when None).
     """
+    plans = plans if plans is not None else PlanCatalog()
     row = session.execute(_agent_query(), {"agent_id": agent_id}).first()
     if row is None:
         raise NotFound(f"Agent {agent_id} not found.", agent_id=agent_id)
@@ -311,7 +307,7 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
     force = _force_flags(session, held, result, now)
     forced = force["force_pause"] or force["force_cancel"]
     actions = supported_actions if supported_actions is not None else (capability_actions(agent) or None)
-    if not forced and _redeliver(session, agent_id, held, actions, result):
+    if not forced and _redeliver(session, agent_id, held, actions, result, plans):
         _heartbeat(agent, now, heartbeat_every)
         return result
     claimed: tuple[ExecutionGraph, ExecutionSubtask] | None = None
@@ -323,7 +319,7 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
         if ready:
             claimed = _claim_candidate(session, agent_id, params, now)
     if claimed is not None:
-        _hand_out(session, *claimed, agent_id, now, result)
+        _hand_out(session, *claimed, agent_id, now, result, plans)
     elif forced:
         result.payload = {"work_available": False, "execution_id": None, "plan_id": None, "next_task": None,
                           **force}
@@ -341,18 +337,17 @@ def claim_work(session: Session, agent_id: str, supported_actions: set[str] | No
 
 
 def _hand_out(session: Session, g: ExecutionGraph, sub: ExecutionSubtask, agent_id: str, now: datetime,
-              result: ClaimResult) -> None:
+              result: ClaimResult, plans: PlanCatalog) -> None:
     """The claim itself, on the locked execution: the subtask is the agent's, and the answer says so."""
     ex = g.execution
     start_subtask(g, sub, agent_id, now)
     if ex.status == ExecutionStatus.QUEUED:
         move_execution(session, ex, ExecutionStatus.RUNNING, now, result.after, reason="first claim")
     result.after.holds.append((ex.id, sub.plan_subtask_id, agent_id))
-    result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False})
+    result.payload = _payload(session, g, sub, {"force_pause": False, "force_cancel": False}, plans)
     # Always, even when the execution's status and current task stay: the execution page shows each
     # subtask's state, and a claim moves one (QUEUED -> RUNNING) with no event of its own.
-    title = session.scalar(select(PlanTask.title).where(PlanTask.plan_id == ex.plan_id,
-                                                        PlanTask.id == ex.current_task_id))
+    title = plans.task_title(ex.plan_id, ex.current_task_id) if ex.current_task_id else None
     result.after.messages.append(execution_update(ex, title, now))
 
 
@@ -371,8 +366,9 @@ def _claim_candidate(session: Session, agent_id: str, params: dict[str, Any],
         execution_id = _lock_first_free(session, order)
         if execution_id is None:
             return None
-        # Read under the lock: a claim that committed meanwhile shows here.
-        g = load_graphs(session, [execution_id], lock=True)[execution_id]
+        # Read under the lock `_lock_first_free` took (no second FOR UPDATE): a claim that committed
+        # meanwhile shows here.
+        g = load_graphs(session, [execution_id], lock=False)[execution_id]
         for subtask_id in found[execution_id]:
             if _still_ready(g, g.subtasks[subtask_id], agent_id, now):
                 return g, g.subtasks[subtask_id]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import event, select
 
-from orchestrator.models import Execution, PlanSubtask, PlanTask
+from orchestrator.models import Execution, ExecutionSubtask, PlanSubtask, PlanTask
 from orchestrator.plan_catalog import PlanCatalog
 from tests.workers.helpers import queued_execution
 
 
-def _queries(db, work) -> int:
+def _queries(db, work, tables: str = "plan_") -> int:
+    """The statements `work` sends whose text names `tables` (a regular expression)."""
     seen: list[str] = []
 
     def count(_conn, _cursor, statement, *_args) -> None:
@@ -21,7 +24,7 @@ def _queries(db, work) -> int:
             work(s)
     finally:
         event.remove(db.engine, "before_cursor_execute", count)
-    return len([q for q in seen if "plan_" in q])
+    return len([q for q in seen if re.search(tables, q)])
 
 
 def test_a_known_plan_costs_no_query_and_a_new_subtask_loads_it_again(db) -> None:
@@ -54,3 +57,32 @@ def test_the_least_recently_used_plans_are_forgotten(db) -> None:
             catalog.load(s, [(plan_id, ["task_0_a"], [])])
     assert _queries(db, lambda s: catalog.load(s, [(plans[2], ["task_0_a"], [])])) == 0
     assert _queries(db, lambda s: catalog.load(s, [(plans[0], ["task_0_a"], [])])) == 2  # forgotten
+
+
+def test_a_claim_reads_the_plan_from_the_catalog_once(db) -> None:
+    """The poll's claim answers from the process's catalog: the first claim of a plan loads it, the
+    next ones read no plan row but for the ready-work queries' join, and the answers are what a fresh
+    catalog gives."""
+    from orchestrator.models import utcnow
+    from orchestrator.scheduling import claim_work
+
+    scene = queued_execution(db, n_subtasks=3)
+    catalog = PlanCatalog()
+    plan_rows = r"(FROM|JOIN) (plans|plan_tasks|plan_subtasks)\b"
+
+    def claim(plans: PlanCatalog | None):
+        answer = []
+
+        def work(s) -> None:
+            answer.append(claim_work(s, scene.agent_id, None, utcnow(), plans=plans).payload)
+            sub = s.get(ExecutionSubtask, f"{scene.execution_id}:{answer[0]['next_task']['task_id']}")
+            sub.status, sub.agent_id = "QUEUED", None  # put back, as the sweeper does: the next claim gets it
+
+        return _queries(db, work, plan_rows), answer[0]["next_task"]
+
+    cold, first = claim(catalog)
+    warm, second = claim(catalog)
+    _, fresh = claim(None)
+    assert (cold, warm) == (2 + 2, 2)  # the catalog's two; the ready-work queries' join on plan_subtasks
+    assert first == second == fresh
+    assert fresh["title"] and fresh["context"]["plan_goal"] and fresh["context"]["upcoming_tasks"]

@@ -21,6 +21,7 @@ from flask.typing import ResponseReturnValue
 
 from orchestrator.metrics import instruments
 from orchestrator.models import utcnow
+from orchestrator.plan_catalog import PlanCatalog
 from orchestrator.ready_work import (
     PollState,
     Pool,
@@ -69,8 +70,10 @@ def _poll(agent_id: str) -> tuple[str, ResponseReturnValue]:
     if pool is not None and before.pool_stale and _pool_idle(r, prefix, pool, before, idle_for):
         return "idle_pool", ("", 204)
     now = utcnow()
+    plans = current_app.extensions.get("plan_catalog") or current_app.extensions.setdefault("plan_catalog",
+                                                                                             PlanCatalog())
     result = current_app.extensions["db"].transaction(
-        lambda s: claim_work(s, agent_id, actions, now, heartbeat_every=timedelta(seconds=idle_for)))
+        lambda s: claim_work(s, agent_id, actions, now, heartbeat_every=timedelta(seconds=idle_for), plans=plans))
     after_commit(result.after)
     if result.payload is not None:
         instruments().claims.labels("true" if result.payload.get("redelivered") else "false").inc()
