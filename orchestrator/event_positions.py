@@ -22,6 +22,9 @@ that insert no events (most poll claims) never touch the counter.
 
 Events are tracked per session, in insertion order (`InstanceState.insert_order`), after each
 flush; ORM bulk inserts (`session.execute(insert(ExecutionEvent), rows)`) are tracked in row order.
+The event worker hands its rows to `add_events` as `EventRow`s (plain column dicts, not ORM
+instances: building, tracking and flushing a hundred instances a batch cost it more than the rest of
+its work); they are numbered by the same `_number` and inserted as the last statement.
 Other ways of inserting events (an `insert()` with inline `.values()`, a raw connection) would
 leave `seq` NULL, so the first is refused and the second is used only where rows come back with the
 positions they had (`orchestrator/archive.py`'s restore).
@@ -29,9 +32,10 @@ positions they had (`orchestrator/archive.py`'s restore).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Insert, case, event, func, insert, inspect, literal, select, true, update
+from sqlalchemy import Insert, case, event, func, insert, literal, select, true, update
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTransaction, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.base import instance_state
@@ -45,6 +49,35 @@ _BULK = "event_positions.bulk"  # session.info key: rows `add_events` inserts at
 _EVENTS = ExecutionEvent.__table__
 _COUNTER = EventPosition.__table__
 _CHUNK = 1000  # rows per CASE update: three bind parameters each, far below SQLite's and psycopg's limits
+
+
+class EventRow(dict[str, Any]):
+    """An event on its way in through `add_events`: a value for every column of `execution_events`,
+    by column name, and once numbered its transaction's commit range (`commit_range`). A Core insert
+    of these goes through the columns' types, so what is encrypted at rest is encrypted exactly as
+    for an ORM row. Build them with `event_row`."""
+
+    __slots__ = ("span",)
+
+
+# Every column with its scalar default (a callable one, `timestamp`'s, is applied by `event_row`):
+# rows that all have every key make one executemany.
+_BLANK: dict[str, Any] = {c.key: c.default.arg if c.default is not None and c.default.is_scalar else None
+                          for c in _EVENTS.columns}
+_CALLED = [(c.key, c.default.arg) for c in _EVENTS.columns if c.default is not None and c.default.is_callable]
+
+
+def event_row(**values: Any) -> EventRow:
+    """A new event row for `add_events`: `values` by column name, the columns' defaults for the rest."""
+    row = EventRow(_BLANK)
+    row.update(values)
+    if len(row) != len(_BLANK):
+        raise TypeError(f"not columns of {_EVENTS.name}: {sorted(row.keys() - _BLANK.keys())}")
+    for key, default in _CALLED:
+        if row[key] is None:
+            row[key] = default(None)  # SQLAlchemy wraps a column default to take the execution context
+    row.span = None
+    return row
 
 
 def install(sessions: sessionmaker[Session]) -> None:
@@ -88,11 +121,11 @@ def _forget(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(_BULK, None)
 
 
-def add_events(session: Session, rows: list[ExecutionEvent]) -> None:
-    """Insert `rows` (new, never added to a session) as the last statements before the commit, with
-    their positions, in one multi-row INSERT: the event worker's way, without the unit of work's
-    cost per object. The rows stay detached; their `seq` and commit range are set as they go in, so
-    that what is published after the commit reads them without a query."""
+def add_events(session: Session, rows: list[EventRow]) -> None:
+    """Insert `rows` (from `event_row`) as the last statements before the commit, with their
+    positions, in one multi-row INSERT: the event worker's way, without the unit of work's cost per
+    object. Their `seq` and commit range are set on them as they go in, so that what is published
+    after the commit reads them (`position`, `commit_range`) without a query."""
     session.info.setdefault(_BULK, []).extend(rows)
 
 
@@ -123,15 +156,9 @@ def assign_positions(session: Session) -> None:
         _insert(session, bulk)
 
 
-def _insert(session: Session, rows: list[ExecutionEvent]) -> None:
-    columns = [(prop.key, prop.columns[0].key) for prop in inspect(ExecutionEvent).column_attrs]
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        loaded = instance_state(row).dict
-        values = {column: loaded[attr] for attr, column in columns if attr in loaded}
-        groups.setdefault(tuple(values), []).append(values)  # one executemany per set of columns
-    for group in groups.values():
-        session.connection().execute(insert(_EVENTS), group)
+def _insert(session: Session, rows: list[EventRow]) -> None:
+    # Every row has every column (`event_row`): one executemany.
+    session.connection().execute(insert(_EVENTS), rows)
 
 
 def _flushed_without_position(session: Session) -> list[tuple[str, ExecutionEvent | None]]:
@@ -151,9 +178,11 @@ def _number_before_insert(session: Session, _ctx: UOWTransaction, _instances: An
         _number(session, _flushed_without_position(session), fresh)
 
 
-def _number(session: Session, flushed: list[tuple[str, ExecutionEvent | None]], fresh: list[ExecutionEvent]) -> None:
+def _number(session: Session, flushed: list[tuple[str, ExecutionEvent | None]],
+            fresh: Sequence[ExecutionEvent | EventRow]) -> None:
     """Positions for `flushed` (stored rows, numbered with an UPDATE) then `fresh` (rows not yet
-    inserted, numbered on the object), in that order: the order they were written in."""
+    inserted: ORM instances the flush is about to insert, or `add_events`' rows; numbered on the
+    row), in that order: the order they were written in."""
     last = _draw(session, len(flushed) + len(fresh))
     first = last - len(flushed) - len(fresh) + 1
     positions = {eid: first + i for i, (eid, _) in enumerate(flushed)}
@@ -171,15 +200,29 @@ def _number(session: Session, flushed: list[tuple[str, ExecutionEvent | None]], 
             set_committed_value(row, "seq", positions[eid])
             instance_state(row).info[_RANGE] = (first, last)
     for i, row in enumerate(fresh, start=first + len(flushed)):
-        row.seq = i
-        instance_state(row).info[_RANGE] = (first, last)
+        if isinstance(row, EventRow):
+            row["seq"] = i
+            row.span = (first, last)
+        else:
+            row.seq = i
+            instance_state(row).info[_RANGE] = (first, last)
 
 
-def commit_range(row: ExecutionEvent) -> tuple[int, int] | None:
+def position(row: ExecutionEvent | EventRow, default: int | None = None) -> int | None:
+    """`row`'s `seq` as this process knows it, never a query (after the commit an ORM row is
+    detached): `default` when an ORM row's `seq` is not loaded."""
+    if isinstance(row, EventRow):
+        return row["seq"]
+    return instance_state(row).dict.get("seq", default)
+
+
+def commit_range(row: ExecutionEvent | EventRow) -> tuple[int, int] | None:
     """The positions the transaction that wrote `row` drew (first, last), when this process wrote it.
 
     The live stream's relay orders messages by position; this tells it which positions came from
     one commit, so that the ones not published (not every event is) do not look like a gap."""
+    if isinstance(row, EventRow):
+        return row.span
     return instance_state(row).info.get(_RANGE)
 
 

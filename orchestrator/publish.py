@@ -9,7 +9,8 @@ replay and deduplicate by it. The position exists only once the event's transact
 while messages are built inside it. So the contract is:
 
 - `event_message(row, owner_id)` may be called before the commit: it returns an `EventMessage`,
-  a plain dict (equal to one, serialisable as one) that also keeps a reference to `row`;
+  a plain dict (equal to one, serialisable as one) that also keeps a reference to `row` (an
+  `ExecutionEvent`, or the `EventRow` the event worker inserts: `orchestrator/event_positions.py`);
 - `queue_publish()` (or `publish()`), called after the commit, reads the row's `seq` at that moment (`resolved()`),
   and `commit_range`, the first and last position its transaction drew: pub/sub order across
   shards is not commit order, and the web tier's relay puts messages back in position order,
@@ -26,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
 import redis
-from sqlalchemy import inspect
 
-from orchestrator.event_positions import commit_range
+from orchestrator.event_positions import EventRow, commit_range, position
 from orchestrator.masking import mask_text
 from orchestrator.models import Execution, ExecutionEvent
 
@@ -75,24 +76,31 @@ class EventMessage(dict[str, Any]):
 
     __slots__ = ("row",)
 
-    def __init__(self, row: ExecutionEvent, fields: dict[str, Any]) -> None:
+    def __init__(self, row: ExecutionEvent | EventRow, fields: dict[str, Any]) -> None:
         super().__init__(fields)
         self.row = row
 
 
-def event_message(ev: ExecutionEvent, owner_id: str) -> dict[str, Any]:
+_MESSAGE_COLUMNS = ("id", "seq", "execution_id", "event_type", "task_id", "subtask_id", "status", "message",
+                    "timestamp")
+_from_row, _from_instance = itemgetter(*_MESSAGE_COLUMNS), attrgetter(*_MESSAGE_COLUMNS)
+
+
+def event_message(ev: ExecutionEvent | EventRow, owner_id: str) -> dict[str, Any]:
     """The stream message of `ev`; fine to build before the commit (see the module docstring)."""
+    eid, seq, execution_id, event_type, task_id, subtask_id, status, message, timestamp = (
+        _from_row(ev) if isinstance(ev, EventRow) else _from_instance(ev))
     return EventMessage(ev, {
         "type": "event",
-        "event_id": ev.id,
-        "seq": ev.seq,
-        "execution_id": ev.execution_id,
-        "event_type": ev.event_type,
-        "task_id": ev.task_id,
-        "subtask_id": ev.subtask_id,
-        "status": ev.status,
-        "message": _masked(ev.message),  # masked once here, for every socket (people watch the stream)
-        "timestamp": iso(ev.timestamp),
+        "event_id": eid,
+        "seq": seq,
+        "execution_id": execution_id,
+        "event_type": event_type,
+        "task_id": task_id,
+        "subtask_id": subtask_id,
+        "status": status,
+        "message": _masked(message),  # masked once here, for every socket (people watch the stream)
+        "timestamp": iso(timestamp),
         "owner_id": owner_id,
     })
 
@@ -101,8 +109,8 @@ def resolved(msg: dict[str, Any]) -> dict[str, Any]:
     """`msg` as it goes on the wire: an event message with its row's position as it is now."""
     if not isinstance(msg, EventMessage):
         return msg
-    # From the loaded state, never a query: after the commit the row is detached.
-    out = {**msg, "seq": inspect(msg.row).dict.get("seq", msg.get("seq"))}
+    # From what this process holds, never a query: after the commit an ORM row is detached.
+    out = {**msg, "seq": position(msg.row, msg.get("seq"))}
     span = commit_range(msg.row)
     if span is not None:
         out["commit_range"] = list(span)

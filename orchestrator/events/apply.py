@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from orchestrator.effects import AfterCommit
-from orchestrator.event_positions import add_events
+from orchestrator.event_positions import EventRow, add_events, event_row
 from orchestrator.events.protocol import Envelope, rejected_outcome
 from orchestrator.execution_graph import (
     ExecutionGraph,
@@ -114,9 +114,12 @@ class _Applier:
         self.memory = memory
         self.plans = memory.plans
         self.result = BatchResult()
-        self.rows: list[ExecutionEvent] = []
+        self.rows: list[EventRow] = []
         self.heartbeats: dict[str, datetime] = {}
         self.touched: dict[str, ExecutionGraph] = {}
+        # execution id → its next ready subtask and that step, while no event of the batch moved its
+        # subtasks: most events (heartbeats, task_started) do not, and the search scans them all.
+        self.next_up: dict[str, tuple[ExecutionSubtask | None, PlanStep | None]] = {}
 
     def apply(self, env: Envelope) -> None:
         body = env.body
@@ -135,7 +138,7 @@ class _Applier:
             return
         self._seen(env)
         sub = _find_subtask(g, env.agent_id, body)
-        row = ExecutionEvent(
+        row = event_row(
             id=env.id, execution_id=env.execution_id, agent_id=env.agent_id, source="agent",
             event_type=body["event_type"], task_id=body.get("task_id"),
             subtask_id=sub.plan_subtask_id if sub is not None else body.get("subtask_id"),
@@ -145,7 +148,7 @@ class _Applier:
             timestamp=env.received_at, agent_timestamp=_parse_ts(body.get("agent_timestamp")),
         )
         outcome = self._apply_to_graph(env, g, sub)
-        row.outcome = outcome
+        row["outcome"] = outcome
         self.rows.append(row)
         self.result.outcomes[env.id] = outcome
         self.result.after.messages.append(event_message(row, g.execution.owner_id))
@@ -211,6 +214,8 @@ class _Applier:
                 extra = {"retry_scheduled": False, "attempts_exhausted": True}
             self._release(ex.id, sub)
             facts = EventFacts(kind, retries_left=can_retry)
+        if kind != "task_started":
+            self.next_up.pop(ex.id, None)  # the subtask moved: what comes next may have changed
 
         try:
             path = settle(ex.status, facts)
@@ -228,8 +233,7 @@ class _Applier:
 
     def _ok(self, env: Envelope, g: ExecutionGraph) -> dict[str, Any]:
         ex = g.execution
-        nxt = g.next_ready(self.now) if ex.status not in FINISHED_STATES else None
-        nxt_plan = self._plan_subtask(ex.plan_id, nxt) if nxt is not None else None
+        nxt, nxt_plan = self._next_up(g) if ex.status not in FINISHED_STATES else (None, None)
         if ex.status == ExecutionStatus.COMPLETED:
             message = "Execution complete."
         elif nxt_plan is not None:
@@ -242,6 +246,14 @@ class _Applier:
             "status": ex.status, "next_task_id": nxt.plan_subtask_id if nxt is not None else None,
             "next_action": nxt_plan.action if nxt_plan is not None else None, "status_message": message,
         }
+
+    def _next_up(self, g: ExecutionGraph) -> tuple[ExecutionSubtask | None, PlanStep | None]:
+        ex = g.execution
+        found = self.next_up.get(ex.id)
+        if found is None:
+            nxt = g.next_ready(self.now)
+            found = self.next_up[ex.id] = (nxt, self._plan_subtask(ex.plan_id, nxt) if nxt is not None else None)
+        return found
 
     def _plan_subtask(self, plan_id: str, sub: ExecutionSubtask) -> PlanStep:
         return self.plans.step(plan_id, sub.plan_subtask_id)
