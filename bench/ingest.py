@@ -48,6 +48,7 @@ from orchestrator.db import Database  # noqa: E402
 from orchestrator.execution_graph import load_graphs, start_subtask  # noqa: E402
 from orchestrator.executions import create_execution  # noqa: E402
 from orchestrator.holds import record_hold  # noqa: E402
+from orchestrator.metrics import metrics_env  # noqa: E402
 from orchestrator.models import Agent, ExecutionEvent, Plan, PlanSubtask, PlanTask, User, utcnow  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
@@ -145,7 +146,8 @@ def fresh_stack_env(pg: str, redis_url: str, stem: str, **extra: str) -> tuple[s
            "ORCHESTRATOR_DATA_DIR": str(log_dir), "PYTHONPATH": str(ROOT),
            # A few agents stand for many here: counted as usual, but never over their limit.
            "AGENT_RATE_LIMIT": "10000000/minute", **extra}
-    return db_url, env, log_dir
+    # As `orchestrator up` does: every process counts its metrics into one folder (and pays for it).
+    return db_url, metrics_env(env, log_dir), log_dir
 
 
 def clean_up(pg: str, db_url: str, r: redis_lib.Redis, prefix: str) -> None:

@@ -328,10 +328,16 @@ def _count_batch(result: BatchResult, size: int, seconds: float) -> None:
         counters.events_rejected.labels("apply", code).inc(n)
 
 
+# Beat also looks at shards up to this one, so that lowering INGEST_SHARDS strands no event queued before.
+SHARDS_SWEPT = 64
+
+
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:
-    """Shards whose streams hold entries (new or unacknowledged): what beat's `rescue_stalled_work` drains."""
+    """Shards whose streams hold entries (new or unacknowledged): what beat's `rescue_stalled_work` drains.
+    Retired ones too (at or past `shards`, up to SHARDS_SWEPT): no new event goes there, but those
+    queued before INGEST_SHARDS was lowered are applied."""
     keys = Keys(prefix)
     pipe = r.pipeline(transaction=False)
-    for shard in range(shards):
+    for shard in range(max(shards, SHARDS_SWEPT)):
         pipe.xlen(keys.stream(shard))
     return [shard for shard, n in enumerate(pipe.execute()) if n]

@@ -128,8 +128,8 @@ def test_the_snapshot_reads_redis_and_the_database(migrated, db) -> None:
     with own_key_prefix(migrated, "snap") as (settings, r):
         keys = Keys(settings.redis_key_prefix)
         now = time.time()
-        r.xadd(keys.stream(2), {"e": b"x"}, id=f"{int((now - 30) * 1000)}-0")
-        r.xadd(keys.stream(2), {"e": b"y"})
+        r.xadd(keys.stream(1), {"e": b"x"}, id=f"{int((now - 30) * 1000)}-0")
+        r.xadd(keys.stream(1), {"e": b"y"})
         r.xadd(keys.dead_letters(), {"e": b"z"})
         record_worker(r, settings.redis_key_prefix, "w1", now - 1)
         record_worker(r, settings.redis_key_prefix, "w2", now - 10 * settings.sweep_interval_seconds)  # gone
@@ -140,8 +140,8 @@ def test_the_snapshot_reads_redis_and_the_database(migrated, db) -> None:
             make_agent(s, last_heartbeat=utcnow() - timedelta(seconds=settings.heartbeat_window_seconds + 60))
             make_agent(s, last_heartbeat=utcnow())
         snap = take_snapshot(db, r, settings, now)
-        assert snap.shards[2].length == 2 and 29 <= snap.shards[2].oldest_age_seconds <= 31
-        assert all(s.length == 0 and s.oldest_age_seconds == 0 for i, s in enumerate(snap.shards) if i != 2)
+        assert snap.shards[1].length == 2 and 29 <= snap.shards[1].oldest_age_seconds <= 31
+        assert all(s.length == 0 and s.oldest_age_seconds == 0 for i, s in enumerate(snap.shards) if i != 1)
         assert snap.dead_letters == 1
         assert snap.executions == {"QUEUED": 2}
         # The scenes' two agents never beat, one beat long ago, one just now.
@@ -149,7 +149,7 @@ def test_the_snapshot_reads_redis_and_the_database(migrated, db) -> None:
         assert snap.workers_alive == 1 and snap.worker_heartbeat_age_seconds == pytest.approx(1, abs=0.01)
         assert snap.beat_age_seconds == pytest.approx(5, abs=0.01)
         body = summary(snap, now)
-        assert body["shards"][2] == {"shard": 2, "backlog": 2, "oldest_age_seconds": pytest.approx(30, abs=1)}
+        assert body["shards"][1] == {"shard": 1, "backlog": 2, "oldest_age_seconds": pytest.approx(30, abs=1)}
         assert body["agents"] == {"online": 1, "total": 4} and set(body["totals"]) == {
             "accepted", "applied", "dead_lettered"}
         assert scene.execution_id

@@ -71,6 +71,7 @@ def claim(db: Database, r: redis_lib.Redis, settings: Settings, scene: Scene, su
 
 def execution_ids_on_shard(shard: int, shards: int, n: int, stem: str = "exec") -> list[str]:
     """`n` fresh execution ids whose events all go to `shard`."""
+    assert 0 <= shard < shards, f"there is no shard {shard} of {shards}"
     found: list[str] = []
     while len(found) < n:
         candidate = f"{stem}_{secrets.token_hex(5)}"

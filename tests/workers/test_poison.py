@@ -26,7 +26,7 @@ from orchestrator.ids import event_id
 from orchestrator.models import ExecutionEvent, ExecutionSubtask
 from tests.workers.helpers import claim, execution_ids_on_shard, own_key_prefix, queued_execution
 
-SHARD = 3
+SHARD = 1  # of the default INGEST_SHARDS (2)
 
 
 def _nested(depth: int) -> dict:
