@@ -11,7 +11,7 @@
 | ORCHESTRATOR_ADMIN_TOKEN | (unset) | creates or updates an admin user whose API token it is |
 | ORCHESTRATOR_ADMIN_USER | admin | user name of that admin |
 | ORCHESTRATOR_ADMIN_PASSWORD | (unset) | that admin's dashboard password |
-| INGEST_SHARDS | 2 | event streams; events of one execution always go to the same one. As many as the worker processes that drain them (each shard is one drainer at a time): more shards than that only split the batches (docs/performance.md). Change it while no events are queued: an execution's events queued before the change and after it may apply out of order (those left on a retired shard are still drained) |
+| INGEST_SHARDS | 2 | event streams, one drainer each: as many as worker processes; change it with none queued |
 | INGEST_BATCH_SIZE | 500 | events a worker applies in one transaction at most |
 | INGEST_REPLY_WAIT_MS | 500 | how long an event POST waits for its outcome before answering 202 |
 | INGEST_LEASE_SECONDS | 5 | a draining worker's shard lease, renewed while it lives; a dead one's expires this fast |
