@@ -18,6 +18,7 @@ import glob
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -53,9 +54,19 @@ class Instruments:
     http_request_seconds: Histogram
 
 
-@cache
+_MAKING = threading.Lock()
+
+
 def instruments() -> Instruments:
-    """The process's instruments, made on first use (never at import: see the module's docstring)."""
+    """The process's instruments, made on first use (never at import: see the module's docstring).
+    Under a lock: two threads of a web process that first counted at once both registered them, and
+    the second's request died of a DuplicateTimeseries (a 500 on the first requests after a start)."""
+    with _MAKING:
+        return _instruments()
+
+
+@cache
+def _instruments() -> Instruments:
     return Instruments(
         events_accepted=Counter("orchestrator_events_accepted", "Events queued by the front end (new ones)."),
         events_duplicate=Counter("orchestrator_events_duplicate",

@@ -175,3 +175,29 @@ def test_the_grafana_dashboard_and_scrape_config_name_metrics_that_exist() -> No
     assert used and used <= known, used - known
     jobs = {job["job_name"] for job in yaml.safe_load((deploy / "prometheus.yml").read_text())["scrape_configs"]}
     assert jobs == {"orchestrator-web", "orchestrator-worker"}
+
+
+def test_threads_that_count_first_at_once_share_one_set_of_instruments() -> None:
+    """A web process's first requests run in parallel threads: each must get the same instruments
+    (once, a second registration raised DuplicateTimeseries and the request answered 500)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from orchestrator.metrics import instruments\n"
+        "start, got, errors = threading.Barrier(32), [], []\n"
+        "def first():\n"
+        "    start.wait()\n"
+        "    try:\n"
+        "        got.append(instruments())\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=first) for _ in range(32)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+        "assert len({id(i) for i in got}) == 1 and len(got) == 32\n"
+    )
+    for _ in range(5):  # a fresh process each time: the instruments are made once per process
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
