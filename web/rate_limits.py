@@ -99,6 +99,8 @@ class RateLimits:
         limiter = self._limiter()
         try:
             allowed = limiter.hit(limit, scope, key)
+            if limiter is self._shared and self._fallback.backoff != _BACKOFF_FIRST:
+                self._fallback = _Fallback()  # Redis is back: a later outage starts from the first backoff
         except (redis.RedisError, StorageError) as exc:
             self._redis_lost(exc)
             limiter = self._local

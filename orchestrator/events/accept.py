@@ -187,7 +187,9 @@ class Ingestor:
         executions = sorted({s.execution_id for s in items if s.execution_id is not None})
         # One read per distinct key: a batch's events mostly name the same few subtasks, and each
         # command in the pipeline costs the web process more than Redis's work on it.
-        dedups = sorted({self.keys.dedup(agent_id, s.execution_id, k) for s, k in zip(items, keys, strict=True) if k})
+        dedup_of = [self.keys.dedup(agent_id, s.execution_id, k) if k else None
+                    for s, k in zip(items, keys, strict=True)]
+        dedups = sorted({key for key in dedup_of if key is not None})
         holds = sorted({(s.execution_id, ref) for s in items if s.execution_id and (ref := _ref(s.body))})
         pipe = self.redis.pipeline(transaction=False)
         if epoch is not None:
@@ -208,10 +210,8 @@ class Ingestor:
         for i, s in enumerate(items):
             if s.execution_id in outsiders:
                 checked.refused[i] = NotFound(f"Execution {s.execution_id} not found.", execution_id=s.execution_id)
-            elif i not in checked.refused and keys[i]:
-                hit = dedup_hits[self.keys.dedup(agent_id, s.execution_id, keys[i])]
-                if hit is not None:
-                    self._earlier(checked, i, hit)
+            elif i not in checked.refused and (key := dedup_of[i]) is not None and dedup_hits[key] is not None:
+                self._earlier(checked, i, dedup_hits[key])
         self._check_holds(agent_id, checked, hold_hits)
         return checked
 
