@@ -14,9 +14,11 @@ creates --agents agents with their keys, and then, each round, drives with `wrk 
             of --subtasks parallel subtasks are queued (the operator's path: create, PATCH QUEUED),
             so the first polls claim them
   arrivals  the same while new executions are queued at --arrivals a second
-  paced     the same as arrivals at an offered --rate polls a second (each connection waits before
-            each request), with --rate × --interval agents of their own, so each polls every
-            --interval seconds: the issue's target is 10,000 agents polling every 10 s
+  paced     the same as arrivals at an offered --rate polls a second (each of --paced-connections
+            connections waits before each request), with --rate × --interval agents of their own,
+            so each polls every --interval seconds: the issue's target is 10,000 agents polling
+            every 10 s. wrk waits after each answer, so the rate falls short of --rate by the
+            answers' latency: the table shows what was served
 
 While polls run, a thread stands in for the worker applying the agents' reports: each claim is
 acknowledged (`task_started`) within 0.02 s and completed (`task_complete`, with what the worker's
@@ -143,13 +145,16 @@ class Load:
 
 def poll_outcomes(url: str) -> Counter:
     """The app's count of polls by answer so far (`orchestrator_polls` in /metrics): idle (Redis),
-    idle_pool (one query), claimed or empty (a claim transaction)."""
+    idle_pool (one query), claimed or empty (a claim transaction); and, under ("s", answer), the
+    seconds the app spent answering them (`orchestrator_poll_seconds`), so that time inside the app
+    can be told from time queued before it."""
     counts: Counter = Counter()
     for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
-        if family.name == "orchestrator_polls":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[sample.labels["outcome"]] += int(sample.value)
+        for sample in family.samples:
+            if family.name == "orchestrator_polls" and sample.name.endswith("_total"):
+                counts[sample.labels["outcome"]] += int(sample.value)
+            elif family.name == "orchestrator_poll_seconds" and sample.name.endswith("_sum"):
+                counts[("s", sample.labels["outcome"])] += sample.value
     return counts
 
 
@@ -366,7 +371,8 @@ def poll_round(stack: Stack, db: Database, r: redis_lib.Redis, prefix: str, scen
     answered = poll_outcomes(stack.url)
     try:
         load = metered(CpuMeter(stack), lambda: run_wrk_script(
-            stack.url, poll_script(scene.agents, pace_ms), args.duration, args.wrk_threads, args.connections))
+            stack.url, poll_script(scene.agents, pace_ms), args.duration, args.wrk_threads,
+            args.paced_connections if pace_ms else args.connections))
     finally:
         arriving.stop()
         at_work.stop()
@@ -380,7 +386,7 @@ def print_table(args: argparse.Namespace, rounds: dict[str, list[tuple[Load, Cla
     print(f"\nbench/poll.py  agents={args.agents}  ready/round={args.ready_executions}×{args.subtasks}  "
           f"arrivals={args.arrivals}/s×{args.subtasks}  work={args.work_seconds}s  "
           f"paced: {args.rate:.0f}/s, {round(args.rate * args.interval)} agents  "
-          f"wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration}s  "
+          f"wrk -t{args.wrk_threads} -c{args.connections} (paced: -c{args.paced_connections}) -d{args.duration}s  "
           f"web {args.web_workers}×{args.web_threads}  repeat={args.repeat}  (medians; double: max)")
     print(f"{'mode':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'200':>8}{'204':>9}{'other':>7}{'err':>6}"
           f"{'claims':>8}{'double':>8}{'redeliv':>9}{'in db':>7}{'db tx/s':>9}{'×noop':>7}")
@@ -410,15 +416,23 @@ def print_table(args: argparse.Namespace, rounds: dict[str, list[tuple[Load, Cla
         cpu = {g: statistics.median(load.cpu_ms[g] for load, _ in runs) for g in groups}
         print(f"{mode:<10}" + "".join(f"{cpu[g]:>10.2f}" for g in groups) + f"{sum(cpu.values()):>10.2f}")
     print("\nPolls by answer, share of the run's polls (median): idle = Redis alone, idle_pool = one query, "
-          "claimed and empty = a claim transaction")
-    kinds = ("idle", "idle_pool", "claimed", "empty")
+          "busy = the pool's claim slots all taken (Redis alone), claimed and empty = a claim transaction")
+    kinds = ("idle", "idle_pool", "busy", "claimed", "empty")
     print(f"{'mode':<10}" + "".join(f"{k:>11}" for k in kinds))
     for mode, runs in rounds.items():
         if runs[0][1] is None:
             continue
-        share = {k: statistics.median(100 * load.outcomes[k] / max(1, sum(load.outcomes.values()))
+        share = {k: statistics.median(100 * load.outcomes[k] / max(1, sum(load.outcomes[j] for j in kinds))
                                       for load, _ in runs) for k in kinds}
         print(f"{mode:<10}" + "".join(f"{share[k]:>10.1f}%" for k in kinds))
+    print("\nMean time inside the app per poll, ms (median; the rest of wrk's latency is spent before the app)")
+    print(f"{'mode':<10}" + "".join(f"{k:>11}" for k in kinds))
+    for mode, runs in rounds.items():
+        if runs[0][1] is None:
+            continue
+        ms = {k: statistics.median(1000 * load.outcomes[("s", k)] / max(1, load.outcomes[k]) for load, _ in runs)
+              for k in kinds}
+        print(f"{mode:<10}" + "".join(f"{ms[k]:>11.1f}" for k in kinds))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -434,6 +448,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work-seconds", type=float, default=0.0, help="how long an agent works on a claim")
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--paced-connections", type=int, default=256,
+                    help="connections of the paced mode, each waiting connections / rate after each answer: "
+                    "enough that the wait, not the answer's latency, sets the rate (at -c64 a 30 ms answer "
+                    "cut 1,000/s offered to 680/s)")
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--web-workers", type=int, default=2)
     ap.add_argument("--web-threads", type=int, default=32)
@@ -444,6 +462,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "folder during one run of --profile-mode, and print where their CPU goes")
     ap.add_argument("--profile-mode", default="poll", choices=("poll", "arrivals", "paced"))
     return ap.parse_args(argv)
+
+
+def paced_ms(args: argparse.Namespace) -> int:
+    """How long each paced connection waits after an answer, for --rate polls a second in all."""
+    return round(args.paced_connections * 1000 / args.rate)
 
 
 def profile(args: argparse.Namespace, stack: Stack, db: Database, r: redis_lib.Redis, prefix: str,
@@ -463,7 +486,7 @@ def profile(args: argparse.Namespace, stack: Stack, db: Database, r: redis_lib.R
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     load, _ = poll_round(stack, db, r, prefix, scene, args, args.arrivals if mode != "poll" else 0,
-                         round(args.connections * 1000 / args.rate) if mode == "paced" else 0, start_spy)
+                         paced_ms(args) if mode == "paced" else 0, start_spy)
     spies[0].wait()
     print(f"{mode} under py-spy: {load.wrk.per_s:.0f} polls/s, p50 {load.wrk.p50_ms:.1f} ms, "
           f"CPU ms per poll {({k: round(v, 2) for k, v in load.cpu_ms.items()})}, by answer {dict(load.outcomes)}")
@@ -497,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[tuple[Load, ClaimCheck
                             stack.url, _NOOP_LUA, args.duration, args.wrk_threads, args.connections)), None))
                     else:
                         arrivals = args.arrivals if mode in ("arrivals", "paced") else 0
-                        pace_ms = round(args.connections * 1000 / args.rate) if mode == "paced" else 0
+                        pace_ms = paced_ms(args) if mode == "paced" else 0
                         rounds[mode].append(poll_round(stack, db, r, prefix, scenes[mode], args, arrivals, pace_ms))
                 print(f"round {i + 1}/{args.repeat} done", flush=True)
         finally:

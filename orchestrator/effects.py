@@ -32,8 +32,10 @@ class AfterCommit:
     released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, from, to)
     notifications: list[dict[str, Any]] = field(default_factory=list)  # owners to tell a person is needed
-    # Work may have become ready (or a holder's answer changed) in a way neither `released` nor
-    # `transitions` shows: an operator's resolve, say. Idle polls then look again (orchestrator/ready_work.py).
+    # Work may have become ready (or a holder's answer changed) in a way `transitions` does not show:
+    # a subtask's last prerequisite done, a subtask back in the queue (`ExecutionGraph.readied`), an
+    # operator's resolve. Idle polls then look again (orchestrator/ready_work.py). A release alone
+    # does not: a subtask done or failed makes no work ready that this flag would not announce.
     work_moved: bool = False
     assigned: list[str] = field(default_factory=list)  # agents assigned an execution
 
@@ -54,19 +56,18 @@ class AfterCommit:
 
 def queue_effects(pipe: redis.client.Pipeline, prefix: str, work: AfterCommit) -> None:
     """Queue `work`'s Redis writes on `pipe` (none when it has none): holds, releases, stream messages,
-    and the ready-work counters (orchestrator/ready_work.py). Work released or put back, an execution
-    moved where work may follow (a transition always comes with its message) or `work_moved` raise
-    the version, and each hold handed out or execution assigned its agent's counter, so that idle
-    polls look at the database again. A writer that answers someone in a round trip of its own
+    and the ready-work counters (orchestrator/ready_work.py). An execution moved where work may
+    follow (a transition always comes with its message) or `work_moved` raise the version, and each
+    hold handed out or execution assigned its agent's counter, so that idle polls look at the
+    database again. A writer that answers someone in a round trip of its own
     should queue these in that same one, ahead of the answer: told that its report was applied, an
     agent may poll at once, and must not be answered from a marker the report made stale."""
     for execution_id, subtask_id, agent_id in work.holds:
         queue_hold(pipe, prefix, execution_id, subtask_id, agent_id)
-    released = any(work.released.values())
     for execution_id, subtask_ids in work.released.items():
         release_holds(pipe, prefix, execution_id, subtask_ids)
     queue_publish(pipe, prefix, work.messages)
-    queue_changes(pipe, prefix, work_moved=work.work_moved or released or moves_work(work.transitions),
+    queue_changes(pipe, prefix, work_moved=work.work_moved or moves_work(work.transitions),
                   agents=[*(agent_id for _, _, agent_id in work.holds), *work.assigned])
 
 

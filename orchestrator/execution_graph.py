@@ -32,6 +32,11 @@ class ExecutionGraph:
     tasks: dict[str, ExecutionTask]  # by plan task id, in plan order
     subtasks: dict[str, ExecutionSubtask]  # by plan subtask id, in plan order
     dependents: dict[str, list[str]] = field(default_factory=dict)
+    # A subtask became ready in this unit of work (its last prerequisite done, or back in the queue,
+    # at once or after a backoff): the writer must tell idle polls to look again
+    # (`AfterCommit.work_moved`, orchestrator/ready_work.py). Nothing else these moves do can turn
+    # a poll's "nothing for you" into work.
+    readied: bool = False
 
     def __post_init__(self) -> None:
         deps: dict[str, list[str]] = defaultdict(list)
@@ -101,6 +106,8 @@ def load_graphs(session: Session, execution_ids: Iterable[str], *, lock: bool = 
 def _release_dependents(g: ExecutionGraph, sub: ExecutionSubtask) -> None:
     for dep_id in g.dependents.get(sub.plan_subtask_id, []):
         dep = g.subtasks[dep_id]
+        if dep.waiting_on == 1 and dep.status == SubtaskStatus.QUEUED:
+            g.readied = True
         dep.waiting_on = max(0, dep.waiting_on - 1)
 
 
@@ -170,26 +177,26 @@ def retries_left(sub: ExecutionSubtask) -> bool:
     return sub.attempt < sub.max_attempts
 
 
-def unclaim_subtask(sub: ExecutionSubtask) -> None:
+def unclaim_subtask(g: ExecutionGraph, sub: ExecutionSubtask) -> None:
     """Back in the queue, held by no one; its attempt is the caller's business."""
+    g.readied = True
     sub.status = SubtaskStatus.QUEUED
     sub.agent_id = sub.claimed_at = sub.acknowledged_at = None
 
 
 def retry_subtask(sub: ExecutionSubtask, policy: RetryPolicy, error: str | None, now: datetime,
-                  *, g: ExecutionGraph | None = None, delay: float | None = None) -> datetime:
+                  *, g: ExecutionGraph, delay: float | None = None) -> datetime:
     """Put a failed subtask back in the queue for its next attempt, after the policy's backoff."""
     wait = policy.delay_after(sub.attempt) if delay is None else delay
-    unclaim_subtask(sub)
+    unclaim_subtask(g, sub)
     sub.error = error
     sub.attempt += 1
     sub.not_before = now + timedelta(seconds=wait)
-    if g is not None:
-        task = g.task_of(sub)
-        if task.status in (TaskStatus.BLOCKED, TaskStatus.ERROR):
-            task.status = TaskStatus.RUNNING
-            task.next_step_options = None
-            task.error_message = None
+    task = g.task_of(sub)
+    if task.status in (TaskStatus.BLOCKED, TaskStatus.ERROR):
+        task.status = TaskStatus.RUNNING
+        task.next_step_options = None
+        task.error_message = None
     return sub.not_before
 
 

@@ -83,7 +83,8 @@ def _instruments() -> Instruments:
                                       "Time to apply and commit one batch (splits of a failing batch included).",
                                       buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)),
         polls=Counter("orchestrator_polls", "Agents' polls by answer: idle (Redis), idle_pool (one query), "
-                      "claimed, empty (the database found nothing).", ["outcome"]),
+                      "busy (the pool's claim slots all taken), claimed, empty (the database found "
+                      "nothing).", ["outcome"]),
         poll_seconds=Histogram("orchestrator_poll_seconds", "Time to answer a poll, by answer.", ["outcome"],
                                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)),
         claims=Counter("orchestrator_claims", "Subtasks handed to agents by polls (redelivered: answered again "

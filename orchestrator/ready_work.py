@@ -19,6 +19,14 @@ ever gets unassigned work of its pool, so its marker names the pool instead of a
 version moves, the first of the pool's agents to look at the database renews the pool's marker and
 the others answer from Redis again, instead of each looking once.
 
+While the pool's marker is out of date, at most POOL_CLAIMERS of its free agents' polls look at the
+database at once: each holds one of the pool's claim slots (`work:claiming:{pool}:{i}`, a token with
+a short expiry, given back when the poll is done), and a poll that finds them all taken is answered
+204 without a query. Those agents are interchangeable (the same work is offered to each), so this
+delays no work by more than an agent's next poll, while without it every poll of a pool with ready
+work ran a claim transaction: most found it taken by the time they locked, and each made the others
+slower.
+
 A marker cannot hide ready work: the counters are read before the transaction begins and raised only
 after a commit, so a commit the poll's transaction did not see raises a counter past the value the
 marker holds. What no counter announces is covered by the marker's lifetime (`idle_lifetime`): it
@@ -34,6 +42,8 @@ hand, and how long its `last_heartbeat` may lag, since only polls that reach the
 from __future__ import annotations
 
 import hashlib
+import logging
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -42,6 +52,8 @@ import redis
 
 from orchestrator.revocation import EpochSeen
 from orchestrator.state_machine import ExecutionStatus
+
+log = logging.getLogger(__name__)
 
 # The per-agent counter outlives any marker that could hold one of its values, by far.
 AGENT_KEY_SECONDS = 24 * 3600
@@ -65,6 +77,10 @@ def idle_key(prefix: str, agent_id: str) -> str:
 
 def pool_key(prefix: str, pool: str) -> str:
     return f"{prefix}work:pool:{pool}"
+
+
+def claim_slot_keys(prefix: str, pool: Pool, slots: int) -> list[str]:
+    return [f"{prefix}work:claiming:{pool.key}:{i}" for i in range(slots)]
 
 
 def moves_work(transitions: Iterable[tuple[str, str, str]]) -> bool:
@@ -178,3 +194,55 @@ def remember_pool_idle(r: redis.Redis, prefix: str, pool: Pool, read: PollState,
     ms = int(seconds * 1000)
     if ms > 0:
         r.set(pool_key(prefix, pool.key), read.version, px=ms)
+
+
+# KEYS: the pool's claim slots. ARGV: a token, the slot's lifetime in ms. Returns the key taken, or nil.
+_TAKE_SLOT = """
+for _, key in ipairs(KEYS) do
+  if redis.call('set', key, ARGV[1], 'NX', 'PX', ARGV[2]) then return key end
+end
+return false
+"""
+# KEYS: a slot. ARGV: its holder's token. Gives it back only while it is still that holder's.
+_GIVE_BACK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class ClaimSlots:
+    """The claim slots of every pool, for one process (its scripts registered once). `slots` 0: no limit.
+
+    A slot outlives a poll that never gives it back (its process killed) by `seconds` at most; a poll
+    slower than that only lets one more in."""
+
+    def __init__(self, r: redis.Redis, prefix: str, slots: int, seconds: float = 2.0) -> None:
+        self.prefix, self.slots, self.ms = prefix, slots, max(1, int(seconds * 1000))
+        self._take = r.register_script(_TAKE_SLOT)
+        self._give_back = r.register_script(_GIVE_BACK)
+
+    def take(self, pool: Pool) -> ClaimSlot | None:
+        """One of `pool`'s slots, or None when all are taken (a slot that holds nothing back when
+        there is no limit). Raises RedisError: the caller's poll needs Redis anyway."""
+        if self.slots <= 0:
+            return ClaimSlot(self, None, "")
+        token = secrets.token_hex(8)
+        key = self._take(keys=claim_slot_keys(self.prefix, pool, self.slots), args=[token, self.ms])
+        return None if key is None else ClaimSlot(self, key.decode(), token)
+
+
+@dataclass(frozen=True)
+class ClaimSlot:
+    slots: ClaimSlots
+    key: str | None
+    token: str
+
+    def give_back(self) -> None:
+        """Free the slot for the pool's next poll. Never raises: a slot not given back expires, and the
+        poll's answer (a claim that has committed, say) must still go out."""
+        if self.key is None:
+            return
+        try:
+            self.slots._give_back(keys=[self.key], args=[self.token])
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable; claim slot left to expire (%s)", exc)

@@ -201,7 +201,7 @@ def _expire(session: Session, due: _Due, now: datetime, result: TakenBack) -> No
     g, sub = due.g, due.sub
     ex = g.execution
     holder, claimed_at = sub.agent_id, sub.claimed_at
-    execution_graph.unclaim_subtask(sub)
+    execution_graph.unclaim_subtask(g, sub)
     message = (f"Agent {holder} never reported on subtask {sub.plan_subtask_id} (claimed at {iso(claimed_at)}); "
                "it is back in the queue.")
     ev = event_log.record_event(
@@ -232,13 +232,14 @@ def take_back_overdue(session: Session, now: datetime, windows: Windows, limit: 
             continue
         if kind == EXPIRED:  # neither status nor current task moves: nothing new for the dashboard
             _expire(session, due, now, result)
-            continue
-        _take_back(session, due, kind, now, result)
-        touched[due.g.execution.id] = due.g
-        if kind == TIMEOUT:
-            result.timed_out += 1
         else:
-            result.silent += 1
+            _take_back(session, due, kind, now, result)
+            touched[due.g.execution.id] = due.g
+            if kind == TIMEOUT:
+                result.timed_out += 1
+            else:
+                result.silent += 1
+        result.after.work_moved |= due.g.readied
     if touched:
         _announce(session, list(touched.values()), now, result)
     session.flush()

@@ -4,10 +4,17 @@ Entries are loaded from the database under the access epoch read just before (or
 and kept only while the cache is at that epoch: seeing another value empties it, and an entry loaded
 under a value the cache has already left is not stored. An entry also goes after CACHE_SECONDS, and
 at its token's expiry.
+
+CACHE_SECONDS is not what makes a revocation take effect (the epoch does, at once); it bounds what no
+epoch announces: a revocation whose announcement failed (its request was answered 503, and a retry
+announces again), a row changed in the database by hand. It is minutes, not seconds, because at
+10,000 agents polling every 10 s through a few web processes a 30 s lifetime reloaded an agent
+from the database on about half its polls (docs/performance-polls.md).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass
@@ -15,8 +22,8 @@ from dataclasses import dataclass
 from orchestrator.credentials import Principal
 from orchestrator.models import utcnow
 
-CACHE_SECONDS = 30.0
-_MAX_ENTRIES = 10_000
+CACHE_SECONDS = 300.0
+_MAX_ENTRIES = 50_000  # agents and users a process keeps; past that the oldest tenth makes room
 _UNSEEN = object()  # no epoch read yet: equal to no value Redis can hold
 
 
@@ -58,7 +65,8 @@ class PrincipalCache:
             if epoch != self._epoch:
                 return
             if len(self._entries) >= _MAX_ENTRIES:
-                self._entries.clear()
+                for stale in list(itertools.islice(self._entries, _MAX_ENTRIES // 10)):
+                    del self._entries[stale]  # the first inserted: dicts keep insertion order
             self._entries[key] = (time.monotonic() + self.ttl, principal)
 
     def clear(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from orchestrator.db import Database
 from orchestrator.events.apply import apply_batch
@@ -68,6 +68,34 @@ def test_dependents_wait_for_prerequisites(db, redis, migrated) -> None:
     with db.reading() as s:
         ex = s.get(Execution, scene.execution_id)
         assert (ex.tasks_completed, ex.current_task_id) == (1, "task_1")
+
+
+def test_only_work_made_ready_tells_idle_polls_to_look_again(db, redis, migrated) -> None:
+    """`work_moved` (the ready-work version, orchestrator/ready_work.py) follows what became ready, not
+    every subtask that ended: while work flows, a version raised by every completion sent every idle
+    poll back to the database."""
+    parallel = queued_execution(db, n_subtasks=2)
+    with db.unit_of_work() as s:  # task_0_b no longer waits for task_0_a: both are ready at once
+        s.execute(update(ExecutionSubtask).where(ExecutionSubtask.execution_id == parallel.execution_id,
+                                                 ExecutionSubtask.plan_subtask_id == "task_0_b")
+                  .values(prerequisite_ids=[], waiting_on=0))
+    claim(db, redis, migrated, parallel, "task_0_a")
+    done = apply(db, [env(parallel, {"event_type": "task_complete", "task_id": "task_0_a"})])
+    assert done.after.released and not done.after.work_moved  # task_0_b was ready already
+
+    chained = queued_execution(db, n_tasks=2, n_subtasks=1)
+    claim(db, redis, migrated, chained, "task_0_a")
+    done = apply(db, [env(chained, {"event_type": "task_complete", "task_id": "task_0_a"})])
+    assert done.after.work_moved  # task_1_a's last prerequisite is done
+
+    retried = queued_execution(db, n_subtasks=1, retry_policy={"max_attempts": 2, "backoff": "fixed",
+                                                                "backoff_seconds": 5})
+    claim(db, redis, migrated, retried, "task_0_a")
+    failed = apply(db, [env(retried, {"event_type": "task_error", "task_id": "task_0_a", "error_message": "x"})])
+    assert failed.after.work_moved  # back in the queue, ready once its backoff ends
+    claim(db, redis, migrated, retried, "task_0_a")
+    failed = apply(db, [env(retried, {"event_type": "task_error", "task_id": "task_0_a", "error_message": "x"})])
+    assert not failed.after.work_moved  # no attempt left: nothing is ready again
 
 
 def test_retry_backoff_follows_the_policy(db, redis, migrated) -> None:

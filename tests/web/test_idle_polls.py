@@ -21,7 +21,7 @@ from orchestrator.credentials import issue_credential
 from orchestrator.effects import AfterCommit, carry_out
 from orchestrator.executions import create_execution
 from orchestrator.models import Agent, Execution, ExecutionSubtask, Plan, PlanSubtask, PlanTask, utcnow
-from orchestrator.ready_work import idle_key, version_key
+from orchestrator.ready_work import ClaimSlots, Pool, idle_key, version_key
 from orchestrator.scheduling import claim_work
 from orchestrator.sweeper import release_overdue_work
 from tests.factories import block_subtask, make_agent, make_user_with_token
@@ -155,6 +155,40 @@ def test_one_look_at_the_database_answers_a_whole_pool(scene, redis, migrated) -
         with statements() as sent:
             assert scene.poll(agent_id).status_code == 204
         assert sent == []
+
+
+def test_while_a_pools_claim_slots_are_taken_its_polls_wait_without_the_database(scene, redis, migrated) -> None:
+    """New work in a pool is looked for by POOL_CLAIMERS polls at once; the others are answered 204
+    from Redis meanwhile, and the work is handed out once a slot is free."""
+    scene.agents("agent_a", "agent_b")
+    scene.plan("plan_two")
+    scene.idle("agent_a", "agent_b")
+    scene.start("plan_two", "exec_two")  # the pool's marker is out of date now
+    pool = Pool(scene.owner.id, frozenset({"send_email"}))
+    slots = ClaimSlots(redis, migrated.redis_key_prefix, migrated.pool_claimers)
+    taken = [slots.take(pool) for _ in range(migrated.pool_claimers)]  # other polls are looking
+    assert None not in taken and slots.take(pool) is None
+    with statements() as sent:
+        assert scene.poll("agent_a").status_code == 204
+    assert sent == []
+    taken[0].give_back()
+    assert scene.poll("agent_a").get_json()["next_task"]["task_id"] == "s0"
+
+
+def test_a_claim_slot_is_given_back_only_by_its_holder_and_expires_alone(redis, migrated) -> None:
+    pool = Pool(None, None)
+    slots = ClaimSlots(redis, migrated.redis_key_prefix, 1, seconds=0.2)
+    first = slots.take(pool)
+    assert first is not None and slots.take(pool) is None
+    time.sleep(0.3)  # its poll died without giving it back
+    second = slots.take(pool)
+    assert second is not None
+    first.give_back()  # late: the slot is the second poll's now
+    assert slots.take(pool) is None
+    second.give_back()
+    assert slots.take(pool) is not None
+    unlimited = ClaimSlots(redis, migrated.redis_key_prefix, 0)
+    assert all(unlimited.take(pool) is not None for _ in range(10))
 
 
 def test_another_pool_keeps_its_own_answer(scene, redis, migrated) -> None:

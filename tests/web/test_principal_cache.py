@@ -53,3 +53,15 @@ def test_entries_end_with_their_tokens_expiry_and_their_time_to_live() -> None:
     short.observe(None)
     short.put("k", MARK, None)
     assert short.get("k") is None
+
+
+def test_a_full_cache_makes_room_by_dropping_its_oldest_entries(monkeypatch) -> None:
+    """Emptying a full cache at once sent every agent of a large fleet back to the database together."""
+    monkeypatch.setattr("web.principal_cache._MAX_ENTRIES", 10)
+    cache = PrincipalCache()
+    cache.observe(None)
+    for i in range(10):
+        cache.put(f"k{i}", MARK, None)
+    cache.put("k10", MARK, None)
+    assert cache.get("k0") is None  # the oldest tenth made room
+    assert all(cache.get(f"k{i}") is not None for i in range(1, 11))
