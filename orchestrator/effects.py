@@ -80,6 +80,12 @@ def carry_out(r: redis.Redis, prefix: str, work: AfterCommit, notify: Notify | N
         pipe = r.pipeline(transaction=False)  # every Redis write in one round trip: it is on the poll's path
         queue_effects(pipe, prefix, work)
         pipe.execute()
+    report_effects(work, notify)
+
+
+def report_effects(work: AfterCommit, notify: Notify | None = None) -> None:
+    """The part of `carry_out` that is not Redis: transition log lines and owners' notifications. For
+    a caller that queued `work` on a round trip of its own (`queue_effects`) and sent it."""
     for execution_id, old, new in work.transitions:
         log_transition(execution_id, old, new)
     for notice in work.notifications:

@@ -21,7 +21,7 @@
 | CLAIM_ACK_SECONDS | 60 | a claim with no report from its agent this long goes back to the queue, attempt unchanged |
 | SWEEP_INTERVAL_SECONDS | 30 | how often beat looks for timed-out subtasks and stale streams |
 | POLL_IDLE_SECONDS | 60 | how long, at most, an idle agent's polls are answered from Redis while no work moves |
-| POOL_CLAIMERS | 4 | polls of one pool (agents of one owner doing the same actions) that look for its new work at once; the others are answered 204 meanwhile (0: no limit) |
+| POOL_CLAIMERS | 4 | polls of one agent pool that look for its new work at once; the rest get 204 (0: no limit) |
 | READY_BACKLOG_SECONDS | 60 | `/readyz` says degraded when a shard's oldest waiting event is older than this |
 | WORKER_METRICS_PORT | 0 (off) | a worker serves its host's metrics on this port (containers whose web is elsewhere) |
 | MAX_BODY_BYTES | 16777216 (16 MiB) | largest request body the API reads; a larger one is answered 413 |

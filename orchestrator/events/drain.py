@@ -34,7 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from orchestrator.db import Database, is_transient
-from orchestrator.effects import Notify, carry_out
+from orchestrator.effects import Notify, queue_effects, report_effects
 from orchestrator.events.apply import BatchResult, WorkerMemory, apply_batch
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.events.lease import FencedOut, LeaseLost, ShardLease, ShardLeases, advance_fence
@@ -306,16 +306,20 @@ class ShardDrainer:
         return found
 
     def _after_commit(self, result: BatchResult, unawaited: set[str], stream: str, done: list[bytes]) -> None:
-        """In one round trip, answer the waiting POSTs (their agents wait on them) and acknowledge
-        and delete the applied entries; then the rest of the work."""
+        """In one round trip, what the commit left to do in Redis (holds, releases, stream messages,
+        the ready-work counters), then the waiting POSTs' answers, and the applied entries
+        acknowledged and deleted; then the log lines and notifications. In that order: told that its
+        report was applied, an agent may poll at once, and must find the work its report made ready
+        (orchestrator/ready_work.py), not a marker from before it."""
         pipe = self.redis.pipeline(transaction=False)
+        queue_effects(pipe, self.prefix, result.after)
         for eid, outcome in result.outcomes.items():
             store_outcome(pipe, self.keys, eid, orjson.dumps(outcome), awaited=eid not in unawaited)
         if done:
             pipe.xack(stream, GROUP, *done)
             pipe.xdel(stream, *done)
         pipe.execute()
-        carry_out(self.redis, self.prefix, result.after, self.notify)
+        report_effects(result.after, self.notify)
 
 
 def _count_batch(result: BatchResult, size: int, seconds: float) -> None:

@@ -11,8 +11,8 @@ from tests.bench.conftest import first_table
 
 def test_the_poll_bench_runs_every_mode(needs_stack, run_bench) -> None:
     out = run_bench("poll.py", "--duration", "1", "--repeat", "1", "--agents", "6", "--ready-executions", "1",
-                    "--subtasks", "2", "--arrivals", "1", "--rate", "40", "--interval", "0.5", "--connections", "4", "--paced-connections", "4",
-                    "--web-threads", "4", "--concurrency", "1")
+                    "--subtasks", "2", "--arrivals", "1", "--rate", "40", "--interval", "0.5", "--connections", "4",
+                    "--paced-connections", "4", "--web-threads", "4", "--concurrency", "1")
     table = first_table(out, ("noop", "poll", "arrivals", "paced"))
     assert all(float(row[1]) > 0 for row in table.values()), table
     for mode in ("poll", "arrivals", "paced"):

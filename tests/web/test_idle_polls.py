@@ -218,6 +218,38 @@ def test_work_an_applied_event_makes_ready_is_found(scene, redis, migrated, work
 
 
 @pytest.mark.integration
+def test_the_worker_raises_the_version_before_it_answers_the_report(scene, redis, migrated, worker) -> None:
+    """Told that its report was applied, an agent may poll at once: the worker's round trip after the
+    commit raises the ready-work version ahead of the answer (Redis's own log of commands shows the
+    order), so that poll is not answered from a marker the report made stale."""
+    scene.agents("agent_a", "agent_b")
+    scene.plan("plan_chain", n=2, chained=True)
+    scene.start("plan_chain", "exec_chain")
+    assert scene.poll("agent_a").get_json()["next_task"]["task_id"] == "s0"
+    scene.report("agent_a", "exec_chain", "task_started", "s0")
+    scene.idle("agent_b")  # s1 waits for s0
+    commands: list[str] = []
+    stop = threading.Event()
+    with redis.monitor() as monitor:
+        def listen() -> None:
+            for command in monitor.listen():
+                commands.append(command["command"])
+                if stop.is_set():
+                    return
+        listening = threading.Thread(target=listen, daemon=True)
+        listening.start()
+        scene.report("agent_a", "exec_chain", "task_complete", "s0", status="success")
+        work = scene.poll("agent_b")
+        stop.set()
+        redis.ping()  # wakes the listener up
+        listening.join(timeout=10)
+    assert work.status_code == 200 and work.get_json()["next_task"]["task_id"] == "s1"
+    raised = next(i for i, c in enumerate(commands) if c.startswith("INCR") and "work:version" in c)
+    answered = next(i for i, c in enumerate(commands) if c.startswith("RPUSH") and ":reply:" in c)
+    assert raised < answered, commands
+
+
+@pytest.mark.integration
 def test_a_retry_is_found_when_its_backoff_ends(scene, redis, migrated, worker) -> None:
     """No commit announces the end of a backoff: the marker of a poll that saw the retry waiting ends
     with it."""
