@@ -86,6 +86,7 @@ class Principal:
     signing: str | None = None  # an agent's: "required" | "optional"
     signing_secret: str | None = field(default=None, repr=False)
     rate_limit_per_minute: int | None = None  # an agent's own limit; None: the settings' AGENT_RATE_LIMIT
+    owner_id: str | None = None  # an agent's operator (None: it may do any operator's work)
 
     @property
     def is_user(self) -> bool:
@@ -132,7 +133,8 @@ def _owner(session: Session, cred: ApiCredential) -> Principal | None:
     if agent is None or not agent.is_active:
         return None
     return Principal("agent", agent.id, via=cred.id, until=cred.expires_at, signing=agent.signing,
-                     signing_secret=agent.signing_secret, rate_limit_per_minute=agent.rate_limit_per_minute)
+                     signing_secret=agent.signing_secret, rate_limit_per_minute=agent.rate_limit_per_minute,
+                     owner_id=agent.owner_id)
 
 
 # -- users' tokens ------------------------------------------------------------------------------------

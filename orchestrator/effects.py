@@ -17,7 +17,7 @@ import redis
 
 from orchestrator.holds import queue_hold, release_holds
 from orchestrator.publish import queue_publish
-from orchestrator.ready_work import moves_work, queue_changes
+from orchestrator.ready_work import queue_changes
 from orchestrator.state_machine import log_transition
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,13 @@ class AfterCommit:
     released: dict[str, list[str]] = field(default_factory=dict)  # execution → subtasks no longer held
     transitions: list[tuple[str, str, str]] = field(default_factory=list)  # (execution, from, to)
     notifications: list[dict[str, Any]] = field(default_factory=list)  # owners to tell a person is needed
-    # Work may have become ready (or a holder's answer changed) in a way `transitions` does not show:
-    # a subtask's last prerequisite done, a subtask back in the queue (`ExecutionGraph.readied`), an
-    # operator's resolve. Idle polls then look again (orchestrator/ready_work.py). A release alone
-    # does not: a subtask done or failed makes no work ready that this flag would not announce.
-    work_moved: bool = False
+    # The owners of executions whose ready work may have changed, or whose holders' answers did: an
+    # execution queued, resumed, paused or cancelled (`move_execution`), a subtask's last
+    # prerequisite done or a subtask back in the queue (`ExecutionGraph.readied`), an operator's
+    # resolve. Their agents' idle polls (and unowned agents') then look again
+    # (orchestrator/ready_work.py). A release alone does not: a subtask done or failed makes no
+    # work ready that this would not name.
+    work_moved: set[str] = field(default_factory=set)
     assigned: list[str] = field(default_factory=list)  # agents assigned an execution
 
     def release(self, execution_id: str, subtask_id: str) -> None:
@@ -50,16 +52,15 @@ class AfterCommit:
             self.released.setdefault(execution_id, []).extend(subtask_ids)
         self.transitions += other.transitions
         self.notifications += other.notifications
-        self.work_moved = self.work_moved or other.work_moved
+        self.work_moved |= other.work_moved
         self.assigned += other.assigned
 
 
 def queue_effects(pipe: redis.client.Pipeline, prefix: str, work: AfterCommit) -> None:
     """Queue `work`'s Redis writes on `pipe` (none when it has none): holds, releases, stream messages,
-    and the ready-work counters (orchestrator/ready_work.py). An execution moved where work may
-    follow (a transition always comes with its message) or `work_moved` raise the version, and each
-    hold handed out or execution assigned its agent's counter, so that idle polls look at the
-    database again. A writer that answers someone in a round trip of its own
+    and the ready-work counters (orchestrator/ready_work.py): the versions of the owners in
+    `work_moved`, and the counter of each agent handed a hold or assigned an execution, so that idle
+    polls look at the database again. A writer that answers someone in a round trip of its own
     should queue these in that same one, ahead of the answer: told that its report was applied, an
     agent may poll at once, and must not be answered from a marker the report made stale."""
     for execution_id, subtask_id, agent_id in work.holds:
@@ -67,7 +68,7 @@ def queue_effects(pipe: redis.client.Pipeline, prefix: str, work: AfterCommit) -
     for execution_id, subtask_ids in work.released.items():
         release_holds(pipe, prefix, execution_id, subtask_ids)
     queue_publish(pipe, prefix, work.messages)
-    queue_changes(pipe, prefix, work_moved=work.work_moved or moves_work(work.transitions),
+    queue_changes(pipe, prefix, owners=work.work_moved,
                   agents=[*(agent_id for _, _, agent_id in work.holds), *work.assigned])
 
 

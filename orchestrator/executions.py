@@ -167,7 +167,7 @@ def _finish(g: ExecutionGraph, change: Change, now: datetime) -> Change:
     ex = g.execution
     change.status = ex.status
     change.after.messages.append(execution_update(ex, None, now))
-    change.after.work_moved = True  # a resolve may make work ready without a transition
+    change.after.work_moved.add(ex.owner_id)  # a resolve may make work ready without a transition
     if ex.agent_id:  # the assigned agent may now have work where its idle polls did not look
         change.after.assigned.append(ex.agent_id)
     return change

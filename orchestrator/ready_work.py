@@ -3,10 +3,14 @@ since a poll found nothing?
 
 An agent that polls and finds nothing polls again seconds later, and almost always finds nothing
 again. That answer needs no database when Redis can tell that nothing moved. Keys (under the prefix):
-- `work:version`, raised after every commit that may make work ready or change what a holder must
-  be told: subtasks released or put back (completed, failed, retried, taken back, expired, skipped),
-  executions queued, resumed, paused or cancelled, operators' changes. `carry_out`
-  (orchestrator/effects.py) raises it, so every writer's after-commit step does;
+- `work:version:{owner}`, an operator's version, raised after every commit that may make work of
+  that operator's executions ready or change what a holder of it must be told: a subtask's last
+  prerequisite done, a subtask back in the queue (retried, taken back, expired), executions queued,
+  resumed, paused or cancelled, operators' changes (`AfterCommit.work_moved` names the owners).
+  `carry_out` (orchestrator/effects.py) raises it, so every writer's after-commit step does. The
+  agents of an operator watch that operator's version alone, so one tenant's flow of work does not
+  send every other tenant's idle agents back to the database;
+- `work:version`, raised with any owner's: the version of unowned agents, who may do anyone's work;
 - `work:agent:{id}`, raised after each commit that hands the agent a subtask or assigns it an
   execution, so that a poll of the same agent running alongside cannot leave a marker that hides it;
 - `work:idle:{id}`, the agent's marker: the state at which its last poll found nothing, read
@@ -55,7 +59,8 @@ from orchestrator.state_machine import ExecutionStatus
 
 log = logging.getLogger(__name__)
 
-# The per-agent counter outlives any marker that could hold one of its values, by far.
+# The per-agent counters and per-owner versions outlive any marker that could hold one of their
+# values, by far (a key that expired and started again from 1 could match an old marker).
 AGENT_KEY_SECONDS = 24 * 3600
 # Transitions after which some poll may get another answer: work handed out again (queued,
 # resumed, unblocked), or holders to be told to stop (paused, cancelled). QUEUED → RUNNING (the
@@ -63,8 +68,9 @@ AGENT_KEY_SECONDS = 24 * 3600
 _MOVING_TARGETS = frozenset({ExecutionStatus.QUEUED, ExecutionStatus.PAUSED, ExecutionStatus.CANCELLED})
 
 
-def version_key(prefix: str) -> str:
-    return f"{prefix}work:version"
+def version_key(prefix: str, owner_id: str | None = None) -> str:
+    """The ready-work version that agents of `owner_id` watch (None: unowned agents, any owner's work)."""
+    return f"{prefix}work:version" if owner_id is None else f"{prefix}work:version:{owner_id}"
 
 
 def agent_key(prefix: str, agent_id: str) -> str:
@@ -83,17 +89,21 @@ def claim_slot_keys(prefix: str, pool: Pool, slots: int) -> list[str]:
     return [f"{prefix}work:claiming:{pool.key}:{i}" for i in range(slots)]
 
 
-def moves_work(transitions: Iterable[tuple[str, str, str]]) -> bool:
-    """Whether any of these (execution, from, to) transitions may change a poll's answer."""
-    return any(new in _MOVING_TARGETS or (new == ExecutionStatus.RUNNING and old != ExecutionStatus.QUEUED)
-               for _, old, new in transitions)
+def moves_work(old: str, new: str) -> bool:
+    """Whether an execution's move from `old` to `new` may change a poll's answer."""
+    return new in _MOVING_TARGETS or (new == ExecutionStatus.RUNNING and old != ExecutionStatus.QUEUED)
 
 
-def queue_changes(pipe: redis.client.Pipeline, prefix: str, *, work_moved: bool, agents: Iterable[str]) -> None:
-    """Queue on `pipe`, after a commit: raise the version if work may have moved, and the counter of
-    each of `agents` (handed a subtask, or assigned an execution)."""
-    if work_moved:
+def queue_changes(pipe: redis.client.Pipeline, prefix: str, *, owners: Iterable[str], agents: Iterable[str]) -> None:
+    """Queue on `pipe`, after a commit: raise the versions of `owners` (work of theirs may have moved)
+    and the unowned agents' one with them, and the counter of each of `agents` (handed a subtask, or
+    assigned an execution)."""
+    owners = sorted(set(owners))
+    if owners:
         pipe.incr(version_key(prefix))
+    for owner_id in owners:
+        pipe.incr(version_key(prefix, owner_id))
+        pipe.expire(version_key(prefix, owner_id), AGENT_KEY_SECONDS)
     for agent_id in sorted(set(agents)):
         pipe.incr(agent_key(prefix, agent_id))
         pipe.expire(agent_key(prefix, agent_id), AGENT_KEY_SECONDS)
@@ -123,28 +133,31 @@ class Pool:
 class PollState:
     """What a poll read before its transaction, and what that says about the agent."""
 
-    version: int
+    version: int  # of the agent's owner (`version_key`)
     counter: int
     actions: str  # `actions_part` of what the poll asked for
+    owner: str = "-"  # the agent's owner, whose version `version` is ("-": none)
     idle: bool = False  # nothing is there for the agent: answer 204
     # The agent is free (its marker names `pool`), but the pool's marker is from an older version:
     # whether the pool has work is one query away (`pool_readiness` in orchestrator/scheduling.py).
     pool_stale: bool = False
 
     def bound_marker(self) -> str:
-        return f"{self.version}:{self.counter}:{self.actions}"
+        return f"{self.owner}:{self.version}:{self.counter}:{self.actions}"
 
     def free_marker(self, pool: Pool) -> str:
         return f"free:{self.counter}:{self.actions}:{pool.key}"
 
 
-def read_state(r: redis.Redis, prefix: str, agent_id: str, actions: set[str] | None, pool: Pool | None,
-               epoch: EpochSeen | None = None) -> PollState:
+def read_state(r: redis.Redis, prefix: str, agent_id: str, owner_id: str | None, actions: set[str] | None,
+               pool: Pool | None, epoch: EpochSeen | None = None) -> PollState:
     """One round trip: the state now, and whether the agent's marker (and, when `pool` is the pool it
-    was last found free in, that pool's marker) says that nothing is there for it. With `epoch`, the
-    access epoch is read in the same round trip and must not have moved (raises EpochChanged, before
-    anything is done)."""
-    keys = [version_key(prefix), agent_key(prefix, agent_id), idle_key(prefix, agent_id)]
+    was last found free in, that pool's marker) says that nothing is there for it. `owner_id` is the
+    agent's owner, whose version it watches. With `epoch`, the access epoch is read in the same
+    round trip and must not have moved (raises EpochChanged, before anything is done)."""
+    if pool is not None and pool.owner_id != owner_id:
+        pool = None  # the agent has changed hands since: its old pool says nothing of it
+    keys = [version_key(prefix, owner_id), agent_key(prefix, agent_id), idle_key(prefix, agent_id)]
     if pool is not None:
         keys.append(pool_key(prefix, pool.key))
     if epoch is not None:
@@ -152,7 +165,7 @@ def read_state(r: redis.Redis, prefix: str, agent_id: str, actions: set[str] | N
     values = r.mget(keys)
     if epoch is not None:
         epoch.verify(values.pop())
-    read = PollState(int(values[0] or 0), int(values[1] or 0), actions_part(actions))
+    read = PollState(int(values[0] or 0), int(values[1] or 0), actions_part(actions), owner_id or "-")
     marker = values[2].decode() if values[2] is not None else None
     if marker is not None and marker == read.bound_marker():
         return replace(read, idle=True)

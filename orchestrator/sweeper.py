@@ -239,7 +239,8 @@ def take_back_overdue(session: Session, now: datetime, windows: Windows, limit: 
                 result.timed_out += 1
             else:
                 result.silent += 1
-        result.after.work_moved |= due.g.readied
+        if due.g.readied:
+            result.after.work_moved.add(due.g.execution.owner_id)
     if touched:
         _announce(session, list(touched.values()), now, result)
     session.flush()

@@ -15,13 +15,15 @@ from orchestrator.effects import AfterCommit
 from orchestrator.event_log import record_transition
 from orchestrator.models import Execution
 from orchestrator.publish import event_message
+from orchestrator.ready_work import moves_work
 from orchestrator.state_machine import FINISHED_STATES, ExecutionStatus, status_message, transition
 
 
 def move_execution(session: Session, ex: Execution, target: str, now: datetime, after: AfterCommit, *,
                    reason: str, source: str = "system", detail: str | None = None) -> None:
     """Move `ex` to `target`: its status, times and status message, a `status_change` event in its
-    log, and, for after the commit, that event's stream message and the transition's log line.
+    log, and, for after the commit, that event's stream message and the transition's log line (and,
+    when work may follow the move, its owner's ready-work version raised: orchestrator/ready_work.py).
 
     `detail` is the cause a BLOCKED or FAILED status message names (the agent's error text).
     Raises InvalidStateTransition, having changed nothing, when the table forbids the move.
@@ -36,3 +38,5 @@ def move_execution(session: Session, ex: Execution, target: str, now: datetime, 
     ev = record_transition(session, ex.id, old, target, now, source=source, reason=reason)
     after.messages.append(event_message(ev, ex.owner_id))
     after.transitions.append((ex.id, old, target))
+    if moves_work(old, target):
+        after.work_moved.add(ex.owner_id)

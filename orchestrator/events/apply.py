@@ -274,7 +274,7 @@ class _Applier:
             title = self.plans.task_title(ex.plan_id, ex.current_task_id or "")
             self.result.after.messages.append(execution_update(ex, title, self.now))
         add_events(self.session, self.rows)
-        self.result.after.work_moved |= any(g.readied for g in self.graphs.values())
+        self.result.after.work_moved |= {g.execution.owner_id for g in self.graphs.values() if g.readied}
         return self.result
 
 

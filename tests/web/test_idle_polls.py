@@ -48,12 +48,12 @@ def statements() -> Iterator[list[str]]:
 
 
 class Scene:
-    """An operator (Mark) with his token, plans of parallel subtasks, and agents with their keys."""
+    """An operator (Mark, unless named) with his token, plans of parallel subtasks, and agents with their keys."""
 
-    def __init__(self, db, client) -> None:
+    def __init__(self, db, client, username: str = "mark") -> None:
         self.db, self.client = db, client
         with db.unit_of_work() as s:
-            self.owner, self.token = make_user_with_token(s, "mark")
+            self.owner, self.token = make_user_with_token(s, username)
         self.keys: dict[str, str] = {}
         self.auths: dict[str, SignedAuth] = {}  # for requests over real HTTP: key and signature
 
@@ -147,7 +147,7 @@ def test_one_look_at_the_database_answers_a_whole_pool(scene, redis, migrated) -
     moves, one of them looks (one query), and the others are answered from Redis again."""
     scene.agents("agent_a", "agent_b", "agent_c")
     scene.idle("agent_a", "agent_b", "agent_c")
-    carry_out(redis, migrated.redis_key_prefix, AfterCommit(work_moved=True))  # somewhere, something moved
+    carry_out(redis, migrated.redis_key_prefix, AfterCommit(work_moved={scene.owner.id}))  # Mark's work moved
     with statements() as looked:
         assert scene.poll("agent_a").status_code == 204
     assert len([s for s in looked if s.lstrip().upper().startswith("SELECT")]) == 1, looked
@@ -189,6 +189,22 @@ def test_a_claim_slot_is_given_back_only_by_its_holder_and_expires_alone(redis, 
     assert slots.take(pool) is not None
     unlimited = ClaimSlots(redis, migrated.redis_key_prefix, 0)
     assert all(unlimited.take(pool) is not None for _ in range(10))
+
+
+def test_another_operators_work_sends_only_agents_that_may_do_it_to_the_database(scene, db, client) -> None:
+    """Agents watch their operator's version: Olga's work does not send Mark's idle agents back to the
+    database, while an unowned agent, who may do anyone's work, finds it."""
+    scene.agent("agent_mark")
+    scene.agent("agent_anyone", owned=False)
+    scene.idle("agent_mark", "agent_anyone")
+    olga = Scene(db, client, "olga")
+    olga.plan("plan_olga")
+    olga.start("plan_olga", "exec_olga")
+    with statements() as sent:
+        assert scene.poll("agent_mark").status_code == 204
+    assert sent == []
+    work = scene.poll("agent_anyone")
+    assert work.status_code == 200 and work.get_json()["execution_id"] == "exec_olga"
 
 
 def test_another_pool_keeps_its_own_answer(scene, redis, migrated) -> None:
