@@ -48,13 +48,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import redis
 
-from orchestrator.revocation import EpochSeen
+from orchestrator.round_trip import RoundTripCheck, execute, queue_checks
 from orchestrator.state_machine import ExecutionStatus
 
 log = logging.getLogger(__name__)
@@ -150,21 +150,23 @@ class PollState:
 
 
 def read_state(r: redis.Redis, prefix: str, agent_id: str, owner_id: str | None, actions: set[str] | None,
-               pool: Pool | None, epoch: EpochSeen | None = None) -> PollState:
+               pool: Pool | None, checks: Sequence[RoundTripCheck] = ()) -> PollState:
     """One round trip: the state now, and whether the agent's marker (and, when `pool` is the pool it
     was last found free in, that pool's marker) says that nothing is there for it. `owner_id` is the
-    agent's owner, whose version it watches. With `epoch`, the access epoch is read in the same
-    round trip and must not have moved (raises EpochChanged, before anything is done)."""
+    agent's owner, whose version it watches. `checks` ride along (the access epoch, the rate-limit
+    count: orchestrator/round_trip.py) and may refuse the request; it reads nothing else of theirs."""
     if pool is not None and pool.owner_id != owner_id:
         pool = None  # the agent has changed hands since: its old pool says nothing of it
     keys = [version_key(prefix, owner_id), agent_key(prefix, agent_id), idle_key(prefix, agent_id)]
     if pool is not None:
         keys.append(pool_key(prefix, pool.key))
-    if epoch is not None:
-        keys.append(epoch.key)
-    values = r.mget(keys)
-    if epoch is not None:
-        epoch.verify(values.pop())
+    if checks:
+        pipe = r.pipeline(transaction=False)
+        queue_checks(pipe, checks)
+        pipe.mget(keys)
+        values, = execute(pipe, checks)
+    else:
+        values = r.mget(keys)
     read = PollState(int(values[0] or 0), int(values[1] or 0), actions_part(actions), owner_id or "-")
     marker = values[2].decode() if values[2] is not None else None
     if marker is not None and marker == read.bound_marker():

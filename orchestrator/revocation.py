@@ -48,6 +48,10 @@ class EpochSeen:
     key: str
     value: bytes | None
 
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        """Read the epoch in a caller's round trip (orchestrator/round_trip.py)."""
+        pipe.get(self.key)
+
     def verify(self, current: bytes | None) -> None:
         """Raise EpochChanged unless `current`, the key's value read just now, is the one seen."""
         if current != self.value:

@@ -23,8 +23,9 @@ the epoch (so no view has to confirm it afterwards); a signature or mode read fr
 stale is confirmed against the epoch before a request is refused for it.
 
 An agent's requests are counted against its rate limit as it is authenticated (`current_principal`,
-`web/rate_limits.py`). Other checks to add on every request belong in `_guard`, or in
-`_bearer_principal` for tokens only.
+`web/rate_limits.py`); for `require_agent_submit` views, in their first round trip
+(`first_trip_checks`), or after the view when it refused the request before that. Other checks to
+add on every request belong in `_guard`, or in `_bearer_principal` for tokens only.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from orchestrator.credentials import Principal, authenticate, credential_principal, hash_token, user_principal
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.revocation import EpochChanged, EpochSeen, announce, epoch_key
+from orchestrator.round_trip import RoundTripCheck
 from orchestrator.sessions import SessionStore, is_session_id, session_key
 from orchestrator.signing import (
     NONCE_TTL_SECONDS,
@@ -52,7 +54,7 @@ from orchestrator.signing import (
     request_target,
 )
 from web.principal_cache import Hit, PrincipalCache
-from web.rate_limits import count_agent_request
+from web.rate_limits import agent_count, count_agent_request, settle_agent_count
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -132,14 +134,24 @@ def current_principal() -> Principal:
     token = bearer_token()
     g.principal = _bearer_principal(token) if token is not None else _session_principal()
     if g.principal.is_agent:
-        count_agent_request()  # before any view runs: over its limit, an agent's request does nothing
+        # Before any view runs (over its limit, an agent's request does nothing), or in the first
+        # round trip of a `require_agent_submit` view, which changes nothing either.
+        count_agent_request(defer=bool(g.get("auth_defer_epoch")))
     return g.principal
 
 
-def epoch_seen() -> EpochSeen | None:
-    """For a `require_agent_submit` view: the epoch its first Redis round trip must confirm (None
-    when this request has read it already)."""
-    return g.pop("auth_epoch_seen", None)
+def first_trip_checks() -> list[RoundTripCheck]:
+    """For a `require_agent_submit` view: what its first Redis round trip must confirm (orchestrator/
+    round_trip.py): the epoch of a cached principal, unless this request has read it already, and the
+    agent's rate-limit count, unless it has been made."""
+    checks: list[RoundTripCheck] = []
+    seen = g.pop("auth_epoch_seen", None)
+    if seen is not None:
+        checks.append(seen)
+    count = agent_count()
+    if count is not None:
+        checks.append(count)
+    return checks
 
 
 def _bearer_principal(token: str) -> Principal:
@@ -306,6 +318,18 @@ def _reauthenticate() -> None:
     g.auth_defer_epoch = False
 
 
+def _deferring(view: Callable[..., Any], check: Callable[[Principal, dict[str, Any]], None], args: Any,
+               kwargs: dict[str, Any]) -> Any:
+    """Run a view whose first round trip confirms the epoch: again, authenticated from the database,
+    when it had moved (nothing was done: the epoch is read before anything else)."""
+    try:
+        return view(*args, **kwargs)
+    except EpochChanged:
+        _reauthenticate()
+        check(current_principal(), kwargs)
+        return view(*args, **kwargs)
+
+
 def _guard(check: Callable[[Principal, dict[str, Any]], None], defer_epoch: bool = False) -> Callable[[F], F]:
     """A view decorator that runs `check(principal, url variables)` first; the check raises to refuse."""
 
@@ -313,15 +337,17 @@ def _guard(check: Callable[[Principal, dict[str, Any]], None], defer_epoch: bool
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             g.auth_defer_epoch = defer_epoch
-            check(current_principal(), kwargs)
             if not defer_epoch:
-                return view(*args, **kwargs)
-            try:
-                return view(*args, **kwargs)
-            except EpochChanged:
-                _reauthenticate()  # nothing was done: the epoch is read before anything else
                 check(current_principal(), kwargs)
                 return view(*args, **kwargs)
+            try:
+                check(current_principal(), kwargs)
+                answer = _deferring(view, check, args, kwargs)
+            except BaseException:
+                settle_agent_count()  # a request refused before its round trip still counts; over the limit: 429
+                raise
+            settle_agent_count()
+            return answer
 
         return wrapper  # type: ignore[return-value]
 

@@ -8,7 +8,10 @@ socket too), under the app's key prefix, so that every web process shares the co
 is the moving window: at most N requests in any 60 seconds, with no burst of 2N across a window's edge.
 
 - An agent's requests are counted as it is authenticated (`web/auth.py: current_principal`), before
-  its view does anything, under its id: its own `rate_limit_per_minute` (carried by the cached
+  its view does anything, under its id; for the poll and the event POSTs, whose views begin with a
+  Redis round trip that changes nothing, the count rides in that round trip instead of one of its own
+  (`AgentCount`, orchestrator/round_trip.py), and is made after the view if it did not get there
+  (a body refused before it, say). Either way: its own `rate_limit_per_minute` (carried by the cached
   principal, so no database read) or AGENT_RATE_LIMIT. A batch of events is one request. Over the
   limit the view does not run: 429 `rate_limited` (web/errors.py). Operators' tokens and dashboard
   sessions are not limited.
@@ -94,6 +97,22 @@ class RateLimits:
             item = self._parsed.setdefault(per_minute, parse(f"{per_minute}/minute"))
         return item
 
+    def deferred(self, limit: RateLimitItem, scope: str, key: str) -> AgentCount | None:
+        """The count as a check for a caller's round trip; None while counting in memory (then count now)."""
+        if self._limiter() is not self._shared:
+            return None
+        return AgentCount(self, limit, scope, key)
+
+    def queue_hit(self, pipe: redis.client.Pipeline, limit: RateLimitItem, scope: str, key: str) -> None:
+        """Queue on `pipe` what `count` does in Redis: `limits`' own moving-window script on its own key,
+        by its digest (a Script called on a pipeline would ask Redis whether it has it first, every
+        time: a round trip more). Redis may not have it (never loaded, or restarted): the reply is then
+        a NoScriptError, and `AgentCount.verify` counts the usual way, which loads it."""
+        storage = self._shared.storage
+        assert isinstance(storage, RedisStorage)
+        pipe.evalsha(storage.lua_acquire_moving_window.sha, 1, storage.prefixed_key(limit.key_for(scope, key)),
+                     time.time(), limit.amount, limit.get_expiry(), 1)
+
     def count(self, limit: RateLimitItem, scope: str, key: str) -> None:
         """Count one request under (scope, key); raises RateLimited when it is over `limit`."""
         limiter = self._limiter()
@@ -120,6 +139,10 @@ class RateLimits:
             self._fallback.until = time.monotonic() + self._fallback.backoff
             self._fallback.backoff = min(_BACKOFF_MOST, self._fallback.backoff * 2)
 
+    def refusal(self, limit: RateLimitItem, scope: str, key: str) -> RateLimited:
+        """The refusal of a request over `limit`, counted in Redis (`AgentCount`)."""
+        return self._refusal(self._shared, limit, scope, key)
+
     def _refusal(self, limiter: MovingWindowRateLimiter, limit: RateLimitItem, scope: str, key: str) -> RateLimited:
         try:
             reset_at, remaining = limiter.get_window_stats(limit, scope, key)
@@ -129,19 +152,74 @@ class RateLimits:
         return RateLimited(limit, max(0, math.ceil(reset_at - time.time())), remaining)
 
 
+@dataclass
+class AgentCount:
+    """An agent's request counted in its view's first round trip (a `RoundTripCheck`)."""
+
+    limits: RateLimits
+    limit: RateLimitItem
+    scope: str
+    key: str
+    counted: bool = False  # a round trip carried it and came back
+    refused: RateLimited | None = None
+
+    def queue(self, pipe: redis.client.Pipeline) -> None:
+        self.limits.queue_hit(pipe, self.limit, self.scope, self.key)
+
+    def verify(self, reply: object) -> None:
+        self.counted = True
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            self.limits.count(self.limit, self.scope, self.key)  # raises RateLimited over the limit
+            return
+        if isinstance(reply, Exception):
+            raise reply
+        if not reply:
+            self.refused = self.limits.refusal(self.limit, self.scope, self.key)
+            raise self.refused
+
+    def settle(self) -> None:
+        """After the view: count now if no round trip carried the count (the view refused the request
+        before it, or Redis failed: then `count` counts in memory); raise a refusal."""
+        if self.refused is not None:
+            raise self.refused
+        if not self.counted:
+            self.counted = True
+            self.limits.count(self.limit, self.scope, self.key)
+
+
 def init_rate_limits(app: Flask, settings: Settings) -> None:
     app.extensions["rate_limits"] = RateLimits(settings, app.extensions["redis"])
 
 
-def count_agent_request() -> None:
+def count_agent_request(defer: bool = False) -> None:
     """Count the request of the agent in `g.principal`, once per request; raises RateLimited when the
-    agent is over its limit."""
+    agent is over its limit. With `defer`, the count waits for the view's first round trip
+    (`agent_count`), or for its end (`settle_agent_count`)."""
+    pending: AgentCount | None = g.get("agent_count")
+    if pending is not None and pending.refused is not None:
+        raise pending.refused  # authenticated again, but that request was over its limit
     if g.get("agent_request_counted"):
         return  # authenticated again (the access epoch moved): still one request
     g.agent_request_counted = True
     limits: RateLimits = current_app.extensions["rate_limits"]
     principal = g.principal
-    limits.count(limits.agent_limit(principal.rate_limit_per_minute), "agent", principal.id)
+    limit = limits.agent_limit(principal.rate_limit_per_minute)
+    g.agent_count = limits.deferred(limit, "agent", principal.id) if defer else None
+    if g.agent_count is None:
+        limits.count(limit, "agent", principal.id)
+
+
+def agent_count() -> AgentCount | None:
+    """The request's count, if it waits for the view's first round trip; that round trip carries it."""
+    pending: AgentCount | None = g.get("agent_count")
+    return pending if pending is not None and not pending.counted else None
+
+
+def settle_agent_count() -> None:
+    """After a view that deferred its count: count it if its round trip did not; raise its refusal."""
+    pending: AgentCount | None = g.get("agent_count")
+    if pending is not None:
+        pending.settle()
 
 
 def count_login_attempt() -> None:

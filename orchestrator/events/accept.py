@@ -39,7 +39,7 @@ from orchestrator.holds import holds_key, members_key, record_members
 from orchestrator.ids import event_id as new_event_id
 from orchestrator.metrics import instruments
 from orchestrator.models import Execution, ExecutionSubtask
-from orchestrator.revocation import EpochSeen
+from orchestrator.round_trip import RoundTripCheck, execute, queue_checks
 
 # KEYS: per event (dedup key, stream key, outcome key), then the trigger flag of each shard touched.
 # ARGV: dedup ttl, outcome ttl, flag ttl (ms), number of events, then per event (event id, encoded
@@ -157,13 +157,14 @@ class Ingestor:
     # -- the checked path the API uses ------------------------------------------------------------
 
     def submit(self, agent_id: str, items: Sequence[Submission], received_at: datetime,
-               epoch: EpochSeen | None = None, *, awaited: bool = False) -> list[Accepted]:
+               checks: Sequence[RoundTripCheck] = (), *, awaited: bool = False) -> list[Accepted]:
         """Check and queue `items` (all or none); raises the refusal of the first bad one, or
-        `EventsRefused` naming each when there are several events. `epoch`, when given, is the access
-        epoch the caller's cached authentication relies on: the first round trip reads it again and
-        raises `EpochChanged` before anything else is done when it moved (orchestrator/revocation.py).
+        `EventsRefused` naming each when there are several events. `checks` ride along in the first
+        round trip, which changes nothing, and may refuse the request before anything is done: the
+        access epoch the caller's cached authentication relies on (`EpochChanged` when it moved:
+        orchestrator/revocation.py), the agent's rate-limit count (orchestrator/round_trip.py).
         `awaited`: the caller waits for the outcome (`wait_outcome`), so the worker pushes it a reply."""
-        checked = self._check(agent_id, items, epoch)
+        checked = self._check(agent_id, items, checks)
         if checked.refused:
             _count_refusals(checked.refused.values())
             if len(items) == 1:
@@ -180,7 +181,7 @@ class Ingestor:
         result.update(zip(fresh, queued, strict=True))
         return [result[i] for i in range(len(items))]
 
-    def _check(self, agent_id: str, items: Sequence[Submission], epoch: EpochSeen | None = None) -> _Checked:
+    def _check(self, agent_id: str, items: Sequence[Submission], checks: Sequence[RoundTripCheck] = ()) -> _Checked:
         keys = [dedup_key(s.body) for s in items]
         checked = _Checked(items, keys, [fingerprint(s.body) if k else "" for s, k in zip(items, keys, strict=True)])
         self._check_reuse_within(checked)
@@ -192,17 +193,14 @@ class Ingestor:
         dedups = sorted({key for key in dedup_of if key is not None})
         holds = sorted({(s.execution_id, ref) for s in items if s.execution_id and (ref := _ref(s.body))})
         pipe = self.redis.pipeline(transaction=False)
-        if epoch is not None:
-            pipe.get(epoch.key)
+        queue_checks(pipe, checks)
         for execution_id in executions:
             pipe.sismember(members_key(self.prefix, execution_id), agent_id)
         for key in dedups:
             pipe.get(key)
         for execution_id, ref in holds:
             pipe.hget(holds_key(self.prefix, execution_id), ref)
-        replies = pipe.execute()
-        if epoch is not None:
-            epoch.verify(replies.pop(0))
+        replies = execute(pipe, checks)
         member_hits = dict(zip(executions, replies[:len(executions)], strict=True))
         dedup_hits = dict(zip(dedups, replies[len(executions):len(executions) + len(dedups)], strict=True))
         hold_hits = dict(zip(holds, replies[len(executions) + len(dedups):], strict=True))

@@ -133,6 +133,47 @@ def test_every_endpoint_an_agent_key_reaches_counts(client, agent) -> None:
     assert_error(client.get("/api/events/evt_unknown", headers=headers), 429, "rate_limited")
 
 
+def test_requests_refused_before_their_round_trip_count_too(client, agent) -> None:
+    """The poll and the event POSTs count in their first Redis round trip; one refused before it (a bad
+    query, a bad body, another agent's id) is counted after, and over the limit is answered 429."""
+    agent_id, headers = agent
+    answers = [
+        client.get(f"/api/agents/{agent_id}/work?supported_actions=" + "x" * 300, headers=headers).status_code,
+        client.post("/api/executions/exec_x/events", headers=headers, json={"event_type": 3}).status_code,
+        client.post("/api/events/batch", headers=headers, json={"events": "none"}).status_code,
+        client.get("/api/agents/agent_other/work", headers=headers).status_code,
+        poll(client, agent_id, headers).status_code,
+    ]
+    assert answers == [422, 422, 422, 403, 204]
+    assert_error(client.post("/api/executions/exec_x/events", headers=headers, json={"event_type": 3}),
+                 429, "rate_limited")
+    assert_error(poll(client, agent_id, headers), 429, "rate_limited")
+
+
+def test_an_idle_poll_counts_in_its_one_round_trip_to_redis(client, agent, redis, monkeypatch) -> None:
+    """The count rides in the poll's read of Redis instead of a round trip of its own; a Redis that has
+    lost the limiter's script (restarted) still counts."""
+    from redis.connection import AbstractConnection
+
+    agent_id, headers = agent
+    assert poll(client, agent_id, headers).status_code == 204  # its first poll looks at the database
+    sent = []
+    original = AbstractConnection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):  # noqa: ANN001, ANN202
+        sent.append(command)
+        return original(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    assert poll(client, agent_id, headers).status_code == 204
+    monkeypatch.undo()
+    assert len(sent) == 2, sent  # the signature's nonce (with the epoch), then the poll's read with the count
+    redis.script_flush()
+    for _ in range(LIMIT - 2):
+        assert poll(client, agent_id, headers).status_code == 204
+    assert_error(poll(client, agent_id, headers), 429, "rate_limited")  # and it was counted
+
+
 def test_two_web_processes_share_the_count(migrated, client, agent) -> None:
     """Two apps on the same Redis and key prefix stand for two web processes."""
     agent_id, headers = agent

@@ -16,7 +16,7 @@ from orchestrator.errors import Forbidden, NotFound
 from orchestrator.events.accept import Accepted, Ingestor, Submission
 from orchestrator.events.protocol import wire_body
 from orchestrator.models import Execution, ExecutionEvent, utcnow
-from web.auth import current_principal, epoch_seen, require_agent_submit
+from web.auth import current_principal, first_trip_checks, require_agent_submit
 from web.openapi import ERROR, doc
 from web.schemas.answers import BatchAcceptedSchema, EventAcceptedSchema, EventAppliedSchema, EventStateSchema
 from web.schemas.events import BatchSchema, EventSchema, HeartbeatSchema
@@ -69,7 +69,7 @@ def post_event(execution_id: str) -> ResponseReturnValue:
     if body["agent_id"] != agent_id:
         raise Forbidden("agent_id must be the agent whose key signs the request.")
     accepted, = _ingestor().submit(agent_id, [Submission(execution_id, wire_body(body))], utcnow(),
-                                   epoch=epoch_seen(), awaited=True)
+                                   first_trip_checks(), awaited=True)
     return _answer(accepted)
 
 
@@ -81,7 +81,7 @@ def post_heartbeat(agent_id: str) -> ResponseReturnValue:
     """The agent is alive (between executions too): refreshes it, and goes into no execution's log."""
     body = _heartbeat_schema.load(request.get_json() if request.content_length else {})
     accepted, = _ingestor().submit(agent_id, [Submission(None, wire_body({**body, "event_type": "heartbeat"}))],
-                                   utcnow(), epoch=epoch_seen(), awaited=True)
+                                   utcnow(), first_trip_checks(), awaited=True)
     return _answer(accepted)
 
 
@@ -98,7 +98,7 @@ def post_batch() -> ResponseReturnValue:
         raise Forbidden("agent_id must be the agent whose key signs the request.", indexes=strangers)
     accepted = _ingestor().submit(agent_id, [
         Submission(b.get("execution_id"), wire_body({k: v for k, v in b.items() if k != "execution_id"}))
-        for b in items], utcnow(), epoch=epoch_seen())
+        for b in items], utcnow(), first_trip_checks())
     results = [{"event_id": a.event_id, "execution_id": a.execution_id, "duplicate": a.duplicate,
                 "status_url": f"/api/events/{a.event_id}"} for a in accepted]
     return jsonify({"accepted": len(results), "events": results}), 202

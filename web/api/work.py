@@ -36,7 +36,7 @@ from orchestrator.ready_work import (
 )
 from orchestrator.scheduling import claim_work, pool_readiness
 from orchestrator.settings import Settings
-from web.auth import current_principal, epoch_seen, require_agent_submit
+from web.auth import current_principal, first_trip_checks, require_agent_submit
 from web.effects import after_commit
 from web.openapi import doc
 from web.schemas.agents import PollQuerySchema
@@ -51,7 +51,7 @@ T = TypeVar("T")
 @bp.get("/agents/<agent_id>/work")
 @doc("The next ready subtask (204 when none), with force_pause / force_cancel", query=PollQuerySchema,
      security="agent", answers={200: ClaimSchema, 204: None})
-@require_agent_submit  # the access epoch is confirmed by `read_state`'s round trip
+@require_agent_submit  # the access epoch and the rate-limit count ride in `read_state`'s round trip
 def poll(agent_id: str) -> ResponseReturnValue:
     started = time.perf_counter()
     outcome, answer = _poll(agent_id)
@@ -68,7 +68,7 @@ def _poll(agent_id: str) -> tuple[str, ResponseReturnValue]:
     r, prefix = current_app.extensions["redis"], settings.redis_key_prefix
     pools = _per_process("poll_pools", _Pools)
     pool = pools.get(agent_id, actions)
-    before = read_state(r, prefix, agent_id, current_principal().owner_id, actions, pool, epoch_seen())
+    before = read_state(r, prefix, agent_id, current_principal().owner_id, actions, pool, first_trip_checks())
     if before.idle:
         return "idle", ("", 204)
     if pool is None or not before.pool_stale:
