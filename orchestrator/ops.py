@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from orchestrator.db import Database
-from orchestrator.events.protocol import Keys
+from orchestrator.events.protocol import SHARDS_SWEPT, Keys
 from orchestrator.liveness import beat_key, live_workers, workers_key
 from orchestrator.metrics import ShardBacklog, Snapshot, totals
 from orchestrator.models import Agent, Execution, utcnow
@@ -30,12 +30,15 @@ RATE_COUNTERS = ("orchestrator_events_accepted", "orchestrator_events_applied", 
 
 def redis_side(r: redis.Redis, settings: Settings, now: float) -> dict[str, Any]:
     """Shard backlogs (length, age of the oldest entry), dead letters and heartbeats, in one round trip.
+    Every shard in use, and a retired one (at or past INGEST_SHARDS) while events queued before the
+    setting was lowered still wait there.
 
     A stream entry's id starts with the millisecond it was added, and entries leave the stream only
     once applied (or set aside), so the first entry's id dates the oldest work still waiting."""
     keys = Keys(settings.redis_key_prefix)
+    looked = max(settings.ingest_shards, SHARDS_SWEPT)
     pipe = r.pipeline(transaction=False)
-    for shard in range(settings.ingest_shards):
+    for shard in range(looked):
         pipe.xlen(keys.stream(shard))
         pipe.xrange(keys.stream(shard), count=1)
     pipe.xlen(keys.dead_letters())
@@ -43,11 +46,13 @@ def redis_side(r: redis.Redis, settings: Settings, now: float) -> dict[str, Any]
     pipe.zrange(workers_key(settings.redis_key_prefix), 0, -1, withscores=True)
     replies = pipe.execute()
     shards = []
-    for shard in range(settings.ingest_shards):
+    for shard in range(looked):
         length, first = replies[2 * shard], replies[2 * shard + 1]
+        if shard >= settings.ingest_shards and not length:
+            continue
         age = max(0.0, now - int(first[0][0].split(b"-")[0]) / 1000) if first else 0.0
         shards.append(ShardBacklog(shard, int(length), age))
-    dead, beat_raw, worker_rows = replies[2 * settings.ingest_shards:]
+    dead, beat_raw, worker_rows = replies[2 * looked:]
     beats = {name.decode(): float(at) for name, at in worker_rows}
     return {"shards": shards, "dead_letters": int(dead), "beat": _float_or_none(beat_raw), "workers": beats}
 

@@ -38,7 +38,7 @@ from orchestrator.effects import Notify, queue_effects, report_effects
 from orchestrator.events.apply import BatchResult, WorkerMemory, apply_batch
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.events.lease import FencedOut, LeaseLost, ShardLease, ShardLeases, advance_fence
-from orchestrator.events.protocol import GROUP, Envelope, Keys, MalformedEntry, store_outcome
+from orchestrator.events.protocol import GROUP, SHARDS_SWEPT, Envelope, Keys, MalformedEntry, store_outcome
 from orchestrator.metrics import instruments
 from orchestrator.models import utcnow
 
@@ -330,10 +330,6 @@ def _count_batch(result: BatchResult, size: int, seconds: float) -> None:
     counters.events_applied.inc(result.applied)
     for code, n in result.rejected.items():
         counters.events_rejected.labels("apply", code).inc(n)
-
-
-# Beat also looks at shards up to this one, so that lowering INGEST_SHARDS strands no event queued before.
-SHARDS_SWEPT = 64
 
 
 def backlog_shards(r: redis.Redis, prefix: str, shards: int) -> list[int]:

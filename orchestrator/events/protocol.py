@@ -19,6 +19,9 @@ from orchestrator.publish import iso
 DEDUP_SECONDS = 24 * 3600
 OUTCOME_SECONDS = 24 * 3600
 REPLY_SECONDS = 60
+# Shards whose streams beat drains and ops reports, whatever INGEST_SHARDS is now: lowering it leaves
+# events queued before on shards no new event goes to, and those are still applied and shown.
+SHARDS_SWEPT = 64
 
 GROUP = "appliers"
 # One consumer name per shard: only the lease holder reads, so a dead holder's unacknowledged

@@ -115,6 +115,17 @@ def test_readyz_degraded_when_a_shard_backlog_is_old(isolated) -> None:
     assert backlog["oldest_age_seconds"] >= settings.ready_backlog_seconds + 29 and backlog["entries"] == 1
 
 
+def test_readyz_sees_a_retired_shards_backlog(isolated) -> None:
+    """Events queued before INGEST_SHARDS was lowered wait on a shard no new event goes to: beat drains
+    it, and readiness (and the ops view) still show it while it holds any."""
+    settings, r, app = isolated
+    retired = settings.ingest_shards + 5
+    stuck = int((time.time() - settings.ready_backlog_seconds - 30) * 1000)
+    r.xadd(Keys(settings.redis_key_prefix).stream(retired), {"e": b"x"}, id=f"{stuck}-0")
+    backlog = _ready(app)[1]["checks"]["backlog"]
+    assert (backlog["status"], backlog["shard"], backlog["entries"]) == ("degraded", retired, 1), backlog
+
+
 def test_readyz_backlog_ok_while_entries_are_young(isolated) -> None:
     settings, r, app = isolated
     r.xadd(Keys(settings.redis_key_prefix).stream(1), {"e": b"x"})
