@@ -14,7 +14,7 @@ from cli.errors import one_line_errors
 from orchestrator.embedded_redis import resolved_redis_url
 from orchestrator.events.dead_letters import DeadLetters
 from orchestrator.settings import Settings
-from workers.celery_app import create_celery
+from workers.celery_app import create_celery, drain_trigger
 
 
 @click.group()
@@ -60,8 +60,7 @@ def requeue(ident: str) -> None:
     """Put one back at the end of its shard (after the cause is fixed) and trigger a drain."""
     settings, store = _dead_letters()
     celery_app = create_celery(settings)
-    dl = store.requeue(ident, settings.ingest_shards,
-                       lambda shard: celery_app.send_task("workers.tasks.drain", args=[shard]))
+    dl = store.requeue(ident, settings.ingest_shards, drain_trigger(celery_app))
     click.echo(f"requeued {dl.event_id or dl.id}")
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-import kombu.exceptions
 import redis
 from celery import Celery
 from flask import Flask
@@ -27,9 +25,7 @@ from web.metrics import init_metrics
 from web.openapi import init_openapi
 from web.rate_limits import init_rate_limits
 from web.routing import IdConverter
-from workers.celery_app import celery_config, create_celery
-
-log = logging.getLogger(__name__)
+from workers.celery_app import celery_config, create_celery, drain_trigger
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -39,21 +35,6 @@ def celery_init_app(app: Flask) -> Celery:
     app.extensions["celery"] = celery_app
     return celery_app
 
-
-def drain_trigger(celery_app: Celery) -> Callable[[int], None]:
-    """Queue a drain of a shard whose stream just took new events.
-
-    The events are in the stream when this runs: a broker that fails now (Redis going down between
-    the two calls) must not turn their acceptance into an error, or the agent would take them for
-    lost. Beat's safety net drains a shard left with a backlog (`rescue_stalled_work`)."""
-
-    def trigger(shard: int) -> None:
-        try:
-            celery_app.send_task("workers.tasks.drain", args=[shard])
-        except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
-            log.warning("drain of shard %s not queued (%s); beat's sweep drains it", shard, exc)
-
-    return trigger
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import Celery
 
 from orchestrator.embedded_redis import celery_broker_url
 from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -50,3 +56,19 @@ def create_celery(settings: Settings, name: str = "orchestrator", config: dict[s
     # Tasks reach the database and Redis through this, never through a module-level global.
     app.orchestrator_settings = settings  # type: ignore[attr-defined]
     return app
+
+
+def drain_trigger(celery_app: Celery) -> Callable[[int], None]:
+    """Queue a drain of a shard whose stream just took new events.
+
+    The events are in the stream when this runs: a broker that fails now (Redis going down between
+    the two calls) must not turn their acceptance into an error, or the agent would take them for
+    lost. Beat's safety net drains a shard left with a backlog (`rescue_stalled_work`)."""
+
+    def trigger(shard: int) -> None:
+        try:
+            celery_app.send_task("workers.tasks.drain", args=[shard])
+        except (kombu.exceptions.OperationalError, redis.RedisError) as exc:
+            log.warning("drain of shard %s not queued (%s); beat's sweep drains it", shard, exc)
+
+    return trigger
