@@ -338,14 +338,15 @@ def db_transactions(db: Database) -> int:
                               "WHERE datname = current_database()")).scalar() or 0
 
 
-def warm_up(stack: Stack, scene: Scene, args: argparse.Namespace) -> None:
+def warm_up(stack: Stack, scene: Scene, args: argparse.Namespace, connections: int) -> None:
     """Unmeasured: every agent polls a few times, so that each web process has answered it, as in a
     stack that has been up a while (a process learns an agent's pool from a first answer from the
-    database; orchestrator/ready_work.py)."""
+    database, and caches its principal; orchestrator/ready_work.py). Over as many connections as the
+    measured run: wrk keeps a connection on one process, and an agent goes round the connections."""
     sent = 0
-    while sent < 4 * len(scene.agents):  # each run goes on round the agents from where the last one stopped
+    while sent < 8 * len(scene.agents):  # each run goes on round the agents from where the last one stopped
         sent += run_wrk_script(stack.url, poll_script(scene.agents, offset=sent // args.wrk_threads), 2,
-                               args.wrk_threads, args.connections).wrk.requests
+                               args.wrk_threads, connections).wrk.requests
 
 
 def metered(meter: CpuMeter, run: Callable[[], Load]) -> Load:
@@ -358,7 +359,8 @@ def metered(meter: CpuMeter, run: Callable[[], Load]) -> Load:
 def poll_round(stack: Stack, db: Database, r: redis_lib.Redis, prefix: str, scene: Scene, args: argparse.Namespace,
                arrivals: float, pace_ms: int, on_start: Callable[[], None] | None = None) -> tuple[Load, ClaimCheck]:
     """One measured run after an unmeasured warm-up; `on_start` runs as the measured part begins."""
-    warm_up(stack, scene, args)
+    connections = args.paced_connections if pace_ms else args.connections
+    warm_up(stack, scene, args, connections)
     since = utcnow()
     queue_executions(db, r, prefix, scene, args.ready_executions)
     at_work = AgentsAtWork(db, r, prefix, args.work_seconds)
@@ -371,8 +373,7 @@ def poll_round(stack: Stack, db: Database, r: redis_lib.Redis, prefix: str, scen
     answered = poll_outcomes(stack.url)
     try:
         load = metered(CpuMeter(stack), lambda: run_wrk_script(
-            stack.url, poll_script(scene.agents, pace_ms), args.duration, args.wrk_threads,
-            args.paced_connections if pace_ms else args.connections))
+            stack.url, poll_script(scene.agents, pace_ms), args.duration, args.wrk_threads, connections))
     finally:
         arriving.stop()
         at_work.stop()
