@@ -346,7 +346,7 @@ def _guard(check: Callable[[Principal, dict[str, Any]], None], defer_epoch: bool
             except BaseException:
                 settle_agent_count()  # a request refused before its round trip still counts; over the limit: 429
                 raise
-            settle_agent_count()
+            settle_agent_count(refuse=False)  # done: counted (by its round trip, or now), never undone
             return answer
 
         return wrapper  # type: ignore[return-value]

@@ -169,7 +169,11 @@ class AgentCount:
     def verify(self, reply: object) -> None:
         self.counted = True
         if isinstance(reply, redis.exceptions.NoScriptError):
-            self.limits.count(self.limit, self.scope, self.key)  # raises RateLimited over the limit
+            try:
+                self.limits.count(self.limit, self.scope, self.key)
+            except RateLimited as exc:
+                self.refused = exc
+                raise
             return
         if isinstance(reply, Exception):
             raise reply
@@ -177,14 +181,19 @@ class AgentCount:
             self.refused = self.limits.refusal(self.limit, self.scope, self.key)
             raise self.refused
 
-    def settle(self) -> None:
+    def settle(self, refuse: bool = True) -> None:
         """After the view: count now if no round trip carried the count (the view refused the request
-        before it, or Redis failed: then `count` counts in memory); raise a refusal."""
-        if self.refused is not None:
+        before it, or Redis failed: then `count` counts in memory); raise a refusal unless `refuse` is
+        False (the view's work is done: it stands, and the count is only recorded)."""
+        if self.refused is not None and refuse:
             raise self.refused
         if not self.counted:
             self.counted = True
-            self.limits.count(self.limit, self.scope, self.key)
+            try:
+                self.limits.count(self.limit, self.scope, self.key)
+            except RateLimited:
+                if refuse:
+                    raise
 
 
 def init_rate_limits(app: Flask, settings: Settings) -> None:
@@ -215,11 +224,12 @@ def agent_count() -> AgentCount | None:
     return pending if pending is not None and not pending.counted else None
 
 
-def settle_agent_count() -> None:
-    """After a view that deferred its count: count it if its round trip did not; raise its refusal."""
+def settle_agent_count(refuse: bool = True) -> None:
+    """After a view that deferred its count: count it if its round trip did not; raise its refusal
+    (`refuse`: the view failed, so over the limit the answer is 429)."""
     pending: AgentCount | None = g.get("agent_count")
     if pending is not None:
-        pending.settle()
+        pending.settle(refuse)
 
 
 def count_login_attempt() -> None:
