@@ -54,6 +54,7 @@ from datetime import datetime, timedelta
 
 import redis
 
+from orchestrator.events.lease import RELEASE_IF_HELD
 from orchestrator.round_trip import RoundTripCheck, execute, queue_checks
 from orchestrator.state_machine import ExecutionStatus
 
@@ -218,11 +219,6 @@ for _, key in ipairs(KEYS) do
 end
 return false
 """
-# KEYS: a slot. ARGV: its holder's token. Gives it back only while it is still that holder's.
-_GIVE_BACK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 class ClaimSlots:
@@ -234,7 +230,7 @@ class ClaimSlots:
     def __init__(self, r: redis.Redis, prefix: str, slots: int, seconds: float = 2.0) -> None:
         self.prefix, self.slots, self.ms = prefix, slots, max(1, int(seconds * 1000))
         self._take = r.register_script(_TAKE_SLOT)
-        self._give_back = r.register_script(_GIVE_BACK)
+        self._give_back = r.register_script(RELEASE_IF_HELD)  # only while the slot is still this poll's
 
     def take(self, pool: Pool) -> ClaimSlot | None:
         """One of `pool`'s slots, or None when all are taken (a slot that holds nothing back when

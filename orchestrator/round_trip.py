@@ -25,7 +25,7 @@ class RoundTripCheck(Protocol):
 
 
 def queue_checks(pipe: redis.client.Pipeline, checks: Sequence[RoundTripCheck]) -> None:
-    """Queue the checks first: their replies lead the pipeline's (`verify_checks` takes them off)."""
+    """Queue the checks first: their replies lead the pipeline's (`execute` takes them off)."""
     for check in checks:
         check.queue(pipe)
 
@@ -34,14 +34,14 @@ def execute(pipe: redis.client.Pipeline, checks: Sequence[RoundTripCheck]) -> li
     """Send the round trip; verify the checks on their replies; return the replies to the rest. A
     command's error comes back to its check as the reply (a script Redis does not have yet, say),
     and is raised for the rest."""
-    replies = verify_checks(checks, pipe.execute(raise_on_error=False))
+    replies = _verify_checks(checks, pipe.execute(raise_on_error=False))
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply
     return replies
 
 
-def verify_checks(checks: Sequence[RoundTripCheck], replies: list[Any]) -> list[Any]:
+def _verify_checks(checks: Sequence[RoundTripCheck], replies: list[Any]) -> list[Any]:
     """Verify every check on its reply (all of them, so that each sees its outcome, even when an earlier
     one refuses), raise the first refusal, and return the replies that follow theirs."""
     refusals = []

@@ -48,7 +48,9 @@ _RENEW = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('pexpire', KEYS[1], ARGV[2])
 """
-_RELEASE = """
+# KEYS: a key holding a holder's token. ARGV: that token. Deletes the key only while it is still theirs
+# (a shard's lease here; a pool's claim slot in orchestrator/ready_work.py).
+RELEASE_IF_HELD = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('del', KEYS[1])
 """
@@ -93,7 +95,7 @@ class ShardLeases:
         self.ms = max(1, int(seconds * 1000))
         self._acquire = r.register_script(_ACQUIRE)
         self.renew_script = r.register_script(_RENEW)
-        self.release_script = r.register_script(_RELEASE)
+        self.release_script = r.register_script(RELEASE_IF_HELD)
         self.read_script = r.register_script(_READ)
         self._raise_floor = r.register_script(_RAISE_FLOOR)
 
